@@ -1,0 +1,89 @@
+"""The HTTP API (PROTOCOL.md): thin DRF views over selectors and services."""
+
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.http import JsonResponse
+from rest_framework import generics, permissions, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from streaming.registry import registry
+
+from . import selectors, services
+from .models import Message
+from .serializers import CancelSerializer, MessageSerializer, ProjectSerializer
+
+
+class ProjectListCreate(generics.ListCreateAPIView):
+    serializer_class = ProjectSerializer
+
+    def get_queryset(self):
+        return selectors.project_list(user=self.request.user)
+
+    def perform_create(self, serializer):
+        try:
+            serializer.instance = services.project_create(owner=self.request.user, name=serializer.validated_data["name"])
+        except services.ServiceError as error:
+            raise ValidationError({"name": [str(error)]}) from None
+
+
+class MessageList(generics.ListAPIView):
+    serializer_class = MessageSerializer
+
+    def get_queryset(self):
+        project = selectors.project_get(user=self.request.user, project_id=self.kwargs["project_id"])
+        return selectors.message_list(project=project)
+
+
+class ChatCancel(APIView):
+    def post(self, request, project_id):
+        serializer = CancelSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message_id = serializer.validated_data["message_id"]
+        try:
+            message = selectors.message_get(user=request.user, project_id=project_id, message_id=message_id)
+        except Message.DoesNotExist:
+            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+        try:
+            event = async_to_sync(services.message_cancel)(message=message, reason=Message.CancelReason.USER)
+        except services.MessageAlreadyFinished as finished:
+            return Response({"message_id": message_id, "status": finished.status}, status=status.HTTP_409_CONFLICT)
+        return Response({
+            "message_id": message_id,
+            "status": Message.Status.CANCELLED,
+            "reason": event["reason"],
+            "partial_content": event["partial_content"],
+        })
+
+
+class StreamList(APIView):
+    permission_classes = [permissions.IsAdminUser]
+
+    def get(self, request):
+        return Response({"count": registry.active_count(), "streams": registry.stats()})
+
+
+async def healthz(request):
+    checks = {}
+    try:
+        await sync_to_async(_database_answers)()
+        checks["database"] = "ok"
+    except Exception as error:  # any failure means unhealthy; the type tells the operator which
+        checks["database"] = f"failed: {type(error).__name__}"
+    try:
+        layer = get_channel_layer()
+        await layer.group_add("healthz", "healthz.probe")
+        await layer.group_discard("healthz", "healthz.probe")
+        checks["channel_layer"] = "ok"
+    except Exception as error:
+        checks["channel_layer"] = f"failed: {type(error).__name__}"
+    healthy = all(value == "ok" for value in checks.values())
+    return JsonResponse({"status": "ok" if healthy else "unavailable", **checks}, status=200 if healthy else 503)
+
+
+def _database_answers():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    connection.close()

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("projects/", api.ProjectListCreate.as_view(), name="api-projects"),
+    path("projects/<int:project_id>/messages/", api.MessageList.as_view(), name="api-messages"),
+    path("projects/<int:project_id>/chat/cancel", api.ChatCancel.as_view(), name="api-chat-cancel"),
+    path("streams/", api.StreamList.as_view(), name="api-streams"),
+]

@@ -1,0 +1,118 @@
+"""The chat socket: `/ws/projects/<project_id>/chat/` (PROTOCOL.md).
+
+Thin: it validates frames and hands them to chat.streams / chat.services.
+Streams run as tasks of the process registry, so a `cancel` frame is handled
+while chunks flow. Every frame to the client goes through one outbox, in order.
+"""
+
+import asyncio
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.http import Http404
+
+from streaming.registry import registry
+from streaming.relay import dump
+
+from . import events, selectors, services, streams
+from .frames import FrameError, parse_frame
+from .models import Message
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        self.project = None
+        self.watching: set[int] = set()
+        self.outbox: asyncio.Queue[str] = asyncio.Queue()
+        self.writer = None
+        user = self.scope.get("user")
+        # Accept first: a close before the handshake would lose the close code.
+        await self.accept()
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        try:
+            self.project = await database_sync_to_async(selectors.project_get)(
+                user=user, project_id=self.scope["url_route"]["kwargs"]["project_id"]
+            )
+        except Http404:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def disconnect(self, code):
+        for message_id in self.watching:
+            registry.detach(message_id, self, settings.STREAM_DISCONNECT_GRACE)
+        self.watching.clear()
+        if self.writer is not None:
+            self.writer.cancel()
+
+    # The engine's watcher interface: queue a serialized event, never block.
+    def deliver(self, message_id: int, text: str, final: bool) -> None:
+        if final:
+            self.watching.discard(message_id)
+        self.outbox.put_nowait(text)
+
+    def push(self, event: dict) -> None:
+        self.outbox.put_nowait(dump(event))
+
+    async def _write(self):
+        while True:
+            await self.send(text_data=await self.outbox.get())
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.project is None:
+            return
+        try:
+            frame = parse_frame(text_data)
+            await getattr(self, f"on_{frame['type']}")(frame)
+        except FrameError as error:
+            self.push(events.error(error.code, error.detail, error.message_id))
+
+    async def on_ping(self, frame):
+        self.push({"type": "pong"})
+
+    async def on_send(self, frame):
+        user = self.scope["user"]
+        try:
+            answer = await streams.answer_prompt(
+                user=user, project=self.project, content=frame["content"],
+                include_context=frame["include_context"], context_files=frame["context_files"],
+                client_id=frame["client_id"], watcher=self,
+            )
+        except services.LimitExceeded as error:
+            raise FrameError("limit_exceeded", str(error)) from None
+        except services.ServiceError as error:
+            raise FrameError("validation", str(error)) from None
+        self.watching.add(answer.pk)
+
+    async def on_cancel(self, frame):
+        message = await self._message(frame["message_id"])
+        was_watching = message.pk in self.watching
+        try:
+            event = await services.message_cancel(message=message, reason=Message.CancelReason.USER)
+        except services.MessageAlreadyFinished as finished:
+            raise FrameError("already_finished", f"Message {message.pk} is already {finished.status}.", message.pk) from None
+        if not was_watching:
+            self.push(event)  # watchers got it from the stream itself
+
+    async def on_resume(self, frame):
+        message = await self._message(frame["message_id"])
+        self.watching.add(message.pk)
+        try:
+            await streams.watch(message=message, watcher=self, after_seq=frame["after_seq"])
+        except services.StreamUnavailable as error:
+            self.watching.discard(message.pk)
+            raise FrameError("unavailable", str(error), message.pk) from None
+
+    async def _message(self, message_id: int) -> Message:
+        try:
+            return await database_sync_to_async(selectors.message_get)(
+                user=self.scope["user"], project_id=self.project.pk, message_id=message_id
+            )
+        except Message.DoesNotExist:
+            raise FrameError("not_found", f"No message {message_id} in this project.", message_id) from None

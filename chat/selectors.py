@@ -1,0 +1,54 @@
+"""Read-side queries. Every object is reached through its owner."""
+
+from django.shortcuts import get_object_or_404
+
+from .models import Message, Project, ProjectFile
+
+
+def project_list(*, user):
+    return Project.objects.filter(owner=user)
+
+
+def project_get(*, user, project_id) -> Project:
+    """The user's project, or Http404 (also for somebody else's)."""
+    return get_object_or_404(Project, pk=project_id, owner=user)
+
+
+def message_list(*, project):
+    return Message.objects.filter(project=project).order_by("created_at", "id")
+
+
+def message_get(*, user, project_id, message_id) -> Message:
+    """A message of one of the user's projects, or Message.DoesNotExist."""
+    return Message.objects.select_related("project").get(
+        pk=message_id, project_id=project_id, project__owner=user
+    )
+
+
+def project_file_list(*, project):
+    return ProjectFile.objects.filter(project=project)
+
+
+def project_file_get(*, project, file_id) -> ProjectFile:
+    return get_object_or_404(ProjectFile, pk=file_id, project=project)
+
+
+def active_answers(*, user):
+    """The user's answers still pending or streaming, in any process, oldest first."""
+    return Message.objects.filter(
+        project__owner=user, role=Message.Role.ASSISTANT, status__in=Message.ACTIVE_STATUSES
+    ).order_by("created_at", "id")
+
+
+def prompt_messages(*, project, up_to: Message, files) -> list[dict]:
+    """The conversation sent upstream: context files as a system message, then every
+    finished message up to `up_to` (stopped answers as what they produced)."""
+    prompt = []
+    if files:
+        parts = [f"--- {f.name} ---\n{f.content}" for f in files]
+        prompt.append({"role": "system", "content": "Project files for context:\n\n" + "\n\n".join(parts)})
+    history = message_list(project=project).filter(id__lte=up_to.pk).exclude(status__in=Message.ACTIVE_STATUSES)
+    for role, content in history.values_list("role", "content"):
+        if content:
+            prompt.append({"role": role, "content": content})
+    return prompt

@@ -1,0 +1,186 @@
+"""Write-side functions (keyword-only arguments), shared by pages, API, consumer, admin and commands."""
+
+import logging
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from streaming.registry import registry
+from streaming.runner import Outcome
+from streaming.worker import WORKER_ID
+
+from . import events, selectors
+from .models import Message, Project, ProjectFile
+
+log = logging.getLogger("chat.services")
+
+
+class ServiceError(Exception):
+    """Bad input a user can correct; the message is safe to show."""
+
+
+class LimitExceeded(ServiceError):
+    """A concurrency cap was reached under the `reject` policy."""
+
+
+class StreamUnavailable(ServiceError):
+    """The answer is still running, but not where it can be reached."""
+
+
+class MessageAlreadyFinished(Exception):
+    def __init__(self, event: dict):
+        self.event = event
+        self.status = events.TERMINAL_STATUS[event["type"]]
+        super().__init__(f"message {event['message_id']} is already {self.status}")
+
+
+def project_create(*, owner, name: str) -> Project:
+    name = _clean_name(name)
+    return Project.objects.create(owner=owner, name=name)
+
+
+def project_rename(*, project: Project, name: str) -> Project:
+    project.name = _clean_name(name)
+    project.save(update_fields=["name"])
+    return project
+
+
+def project_file_create(*, project: Project, name: str, content: str) -> ProjectFile:
+    name = (name or "").strip()
+    if not name or len(name) > 255:
+        raise ServiceError("A file name is 1 to 255 characters.")
+    try:
+        with transaction.atomic():
+            return ProjectFile.objects.create(project=project, name=name, content=content or "")
+    except IntegrityError:
+        raise ServiceError(f"This project already has a file named {name!r}.") from None
+
+
+def project_file_delete(*, project_file: ProjectFile) -> None:
+    project_file.delete()
+
+
+def _clean_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise ServiceError("A project name is 1 to 200 characters.")
+    return name
+
+
+def chat_prompt_create(*, user, project: Project, content: str, include_context: bool, context_files: list[str],
+                       provider: str, model: str):
+    """Store a prompt and its answer placeholder; the prompt to send upstream, and the
+    user's answers to evict first under the `cancel_oldest` policy."""
+    files = _context_files(project=project, include_context=include_context, names=context_files)
+    with transaction.atomic():
+        # Serializes one user's sends (PostgreSQL), so two cannot both take the last slot.
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        active = list(selectors.active_answers(user=user))
+        evict = []
+        excess = len(active) - settings.STREAM_MAX_PER_USER + 1
+        if excess > 0:
+            if settings.STREAM_LIMIT_POLICY == "reject":
+                raise LimitExceeded(f"You have {len(active)} answers streaming (at most {settings.STREAM_MAX_PER_USER} per user).")
+            evict = active[:excess]
+        user_message = Message.objects.create(project=project, role=Message.Role.USER, content=content)
+        answer = Message.objects.create(
+            project=project, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
+            provider=provider, model=model, worker=WORKER_ID,
+        )
+    prompt = selectors.prompt_messages(project=project, up_to=user_message, files=files)
+    return user_message, answer, prompt, evict
+
+
+def _context_files(*, project, include_context, names):
+    # Naming files asks for them; include_context alone asks for all of them.
+    if not include_context and not names:
+        return []
+    files = list(selectors.project_file_list(project=project))
+    if not names:
+        return files
+    by_name = {f.name: f for f in files}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise ServiceError(f"No such project file: {', '.join(missing)}")
+    return [by_name[name] for name in dict.fromkeys(names)]
+
+
+def message_start(*, message_id: int) -> bool:
+    now = timezone.now()
+    return bool(
+        Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(
+            status=Message.Status.STREAMING, started_at=now, last_chunk_at=now, worker=WORKER_ID
+        )
+    )
+
+
+def message_flush(*, message_id: int, text: str, chunk_count: int) -> str | None:
+    """Append produced text and refresh the heartbeat; the stop reason if one is stored."""
+    changes = {"chunk_count": chunk_count, "last_chunk_at": timezone.now()}
+    if text:
+        changes["content"] = Concat("content", Value(text))
+    updated = Message.objects.filter(
+        pk=message_id, status=Message.Status.STREAMING, cancel_requested_at__isnull=True
+    ).update(**changes)
+    if updated:
+        return None
+    row = Message.objects.filter(pk=message_id).values("status", "cancel_requested_reason").first()
+    if row is None:
+        return Message.CancelReason.ORPHANED
+    return row["cancel_requested_reason"] or Message.CancelReason.USER
+
+
+def message_finalize(*, message_id: int, outcome: Outcome | None, content: str | None = None,
+                     chunk_count: int | None = None) -> Message:
+    """Write the one terminal state (whoever races, the first conditional UPDATE wins); the row as it ends up."""
+    if outcome is not None:
+        changes = {"status": outcome.status, "finished_at": timezone.now()}
+        if outcome.status == Message.Status.CANCELLED:
+            changes["cancel_reason"] = outcome.reason
+        elif outcome.status == Message.Status.ERROR:
+            changes["error_type"] = outcome.error_type
+            changes["error_detail"] = outcome.detail[:500]
+        if content is not None:
+            changes["content"] = content
+        if chunk_count is not None:
+            changes["chunk_count"] = chunk_count
+        won = Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(**changes)
+        if won:
+            log.info("message %s finalized: %s %s", message_id, outcome.status, outcome.reason or outcome.error_type)
+    return Message.objects.get(pk=message_id)
+
+
+def message_request_cancel(*, message_id: int, reason: str) -> Message:
+    """Store a stop request on the row; MessageAlreadyFinished when it is final."""
+    Message.objects.filter(
+        pk=message_id, status__in=Message.ACTIVE_STATUSES, cancel_requested_at__isnull=True
+    ).update(cancel_requested_at=timezone.now(), cancel_requested_reason=reason)
+    message = Message.objects.get(pk=message_id)
+    if message.is_finished:
+        raise MessageAlreadyFinished(events.terminal(message))
+    return message
+
+
+async def message_cancel(*, message: Message, reason: str) -> dict:
+    """The one way to stop an answer (socket, REST, admin, caps, sweeper).
+
+    Stores the request, stops the producing task and waits for the row to be
+    final; the `stream_cancelled` event, or MessageAlreadyFinished when the
+    answer ended first.
+    """
+    await database_sync_to_async(message_request_cancel)(message_id=message.pk, reason=reason)
+    event = await registry.wait(message.pk) if registry.cancel(message.pk, reason) else None
+    if event is None:
+        # No task produces it here: finalize the row as it was last saved.
+        row = await database_sync_to_async(message_finalize)(
+            message_id=message.pk, outcome=Outcome(Message.Status.CANCELLED, reason=reason)
+        )
+        event = events.terminal(row)
+    if event["type"] != "stream_cancelled":
+        raise MessageAlreadyFinished(event)
+    return event

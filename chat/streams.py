@@ -1,0 +1,95 @@
+"""Glue between the chat models and the streaming engine: start an answer, watch one, store its row."""
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from streaming.providers import get_provider
+from streaming.registry import Stream, registry
+from streaming.relay import Relay, Watcher, dump
+from streaming.runner import Limits, Outcome, Runner
+
+from . import events, services
+from .models import Message, Project
+
+
+class MessageStore:
+    """The runner's persistence, on the Message model."""
+
+    async def start(self, message_id: int) -> bool:
+        return await database_sync_to_async(services.message_start)(message_id=message_id)
+
+    async def flush(self, message_id: int, text: str, chunk_count: int) -> str | None:
+        return await database_sync_to_async(services.message_flush)(
+            message_id=message_id, text=text, chunk_count=chunk_count
+        )
+
+    async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int) -> dict:
+        row = await database_sync_to_async(services.message_finalize)(
+            message_id=message_id, outcome=outcome, content=content, chunk_count=chunk_count
+        )
+        return events.terminal(row)
+
+
+store = MessageStore()
+
+
+def limits() -> Limits:
+    return Limits(
+        flush_interval=settings.STREAM_FLUSH_INTERVAL,
+        max_age=settings.STREAM_MAX_AGE,
+        stale_after=settings.STREAM_STALE_AFTER,
+    )
+
+
+async def answer_prompt(*, user, project: Project, content: str, include_context: bool, context_files: list[str],
+                        client_id, watcher: Watcher) -> Message:
+    """Store the prompt, start its answer in this process and let `watcher` follow it
+    (`message_created` first, then the stream). Raises LimitExceeded or ServiceError."""
+    await _make_room_in_process()
+    provider = get_provider()
+    user_message, answer, prompt, evict = await database_sync_to_async(services.chat_prompt_create)(
+        user=user, project=project, content=content, include_context=include_context,
+        context_files=context_files, provider=provider.name, model=provider.model,
+    )
+    for old in evict:
+        await _evict(old)
+    stream = Stream(
+        message_id=answer.pk, user_id=user.pk, project_id=project.pk,
+        relay=Relay(answer.pk, settings.STREAM_FRAME_INTERVAL),
+    )
+    watcher.deliver(answer.pk, dump(events.message_created(user_message, answer, client_id)), False)
+    stream.relay.attach(watcher)
+    runner = Runner(stream=stream, provider=provider, messages=prompt, store=store, limits=limits())
+    registry.start(stream, runner.run())
+    return answer
+
+
+async def _make_room_in_process() -> None:
+    if registry.active_count() < settings.STREAM_MAX_PER_PROCESS:
+        return
+    if settings.STREAM_LIMIT_POLICY == "reject":
+        raise services.LimitExceeded(
+            f"This server is running {registry.active_count()} answers (at most {settings.STREAM_MAX_PER_PROCESS})."
+        )
+    oldest = registry.oldest()
+    if oldest is not None:
+        registry.cancel(oldest.message_id, Message.CancelReason.LIMIT)
+        await registry.wait(oldest.message_id)
+
+
+async def _evict(message: Message) -> None:
+    try:
+        await services.message_cancel(message=message, reason=Message.CancelReason.LIMIT)
+    except services.MessageAlreadyFinished:
+        pass
+
+
+async def watch(*, message: Message, watcher: Watcher, after_seq: int) -> None:
+    """Follow an answer from `after_seq` on: the missed chunks then live ones, or its terminal event."""
+    if registry.attach(message.pk, watcher, after_seq):
+        return
+    message = await database_sync_to_async(Message.objects.get)(pk=message.pk)
+    if message.is_finished:
+        watcher.deliver(message.pk, dump(events.terminal(message)), True)
+        return
+    raise services.StreamUnavailable("This answer is not being produced by this server.")

@@ -1,0 +1,26 @@
+"""ASGI entry point: `daphne chatproj.asgi:application`."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproj.settings")
+django_asgi_app = get_asgi_application()  # sets Django up before the app modules below are imported
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from chat.consumers import ChatConsumer  # noqa: E402
+
+websocket_urlpatterns = [
+    path("ws/projects/<int:project_id>/chat/", ChatConsumer.as_asgi()),
+]
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)

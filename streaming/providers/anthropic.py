@@ -1,0 +1,74 @@
+"""Anthropic's `/messages` API, streamed over SSE."""
+
+import json
+from collections.abc import AsyncIterator
+
+from .base import ProviderError
+from .http import error_message, open_sse, short
+
+API_VERSION = "2023-06-01"
+MAX_TOKENS = 4096
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def __init__(
+        self, *, base_url: str, api_key: str, model: str, connect_timeout: float, read_timeout: float
+    ):
+        self.url = base_url.rstrip("/") + "/messages"
+        self.api_key = api_key
+        self.model = model
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+    async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
+        headers = {"Accept": "text/event-stream", "anthropic-version": API_VERSION}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        async with open_sse(
+            self.url,
+            headers=headers,
+            body=self._body(messages),
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+        ) as events:
+            async for event, data in events:
+                try:
+                    payload = json.loads(data)
+                except ValueError:
+                    continue
+                if not isinstance(payload, dict):
+                    continue
+                kind = event or payload.get("type")
+                if kind == "message_stop":
+                    return
+                if kind == "error":
+                    message = error_message(payload) or "unknown error"
+                    raise ProviderError(
+                        "upstream", short(f"The model server reported an error: {message}")
+                    )
+                if kind == "content_block_delta":
+                    delta = payload.get("delta")
+                    if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                        text = delta.get("text")
+                        if isinstance(text, str) and text:
+                            yield text
+            raise ProviderError("protocol", "The model server's answer ended before it was complete")
+
+    def _body(self, messages: list[dict]) -> dict:
+        system = [m["content"] for m in messages if m["role"] == "system"]
+        # The API rejects two turns in a row from the same role (e.g. a user
+        # prompt after an answer that failed and was left out), so merge them.
+        turns: list[dict] = []
+        for m in messages:
+            if m["role"] == "system":
+                continue
+            if turns and turns[-1]["role"] == m["role"]:
+                turns[-1]["content"] += "\n\n" + m["content"]
+            else:
+                turns.append({"role": m["role"], "content": m["content"]})
+        body = {"model": self.model, "max_tokens": MAX_TOKENS, "stream": True, "messages": turns}
+        if system:
+            body["system"] = "\n\n".join(system)
+        return body

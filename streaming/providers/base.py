@@ -1,0 +1,26 @@
+"""The one interface every model provider implements."""
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+
+class ProviderError(Exception):
+    """An upstream failure, mapped to a PROTOCOL.md `error_type` and a short safe text."""
+
+    def __init__(self, error_type: str, detail: str):
+        super().__init__(detail)
+        self.error_type = error_type  # timeout | upstream | network | protocol | unknown
+        self.detail = detail
+
+
+class Provider(Protocol):
+    name: str
+    model: str
+
+    def stream(self, messages: list[dict]) -> AsyncIterator[str]:
+        """Yield text deltas of the answer to `messages` ([{"role", "content"}, ...]).
+
+        Cancelling the task that iterates (or closing the iterator) must close
+        the upstream request at once; failures raise ProviderError.
+        """
+        ...

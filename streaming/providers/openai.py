@@ -1,0 +1,60 @@
+"""Any OpenAI-compatible `/chat/completions` server, streamed over SSE."""
+
+import json
+from collections.abc import AsyncIterator
+
+from .base import ProviderError
+from .http import error_message, open_sse, short
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(
+        self, *, base_url: str, api_key: str, model: str, connect_timeout: float, read_timeout: float
+    ):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.api_key = api_key
+        self.model = model
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+    async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
+        headers = {"Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        body = {"model": self.model, "messages": messages, "stream": True}
+        async with open_sse(
+            self.url,
+            headers=headers,
+            body=body,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+        ) as events:
+            async for _, data in events:
+                if data.strip() == "[DONE]":
+                    return
+                text = _delta_text(data)
+                if text:
+                    yield text
+            raise ProviderError("protocol", "The model server's answer ended before it was complete")
+
+
+def _delta_text(data: str) -> str | None:
+    # Keep-alive comments, role-only deltas, usage chunks and the odd non-JSON
+    # line from a proxy are all legal noise; only an error object is fatal.
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    if payload.get("error"):
+        message = error_message(payload) or "unknown error"
+        raise ProviderError("upstream", short(f"The model server reported an error: {message}"))
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    delta = choices[0].get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else None

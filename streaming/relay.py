@@ -1,0 +1,90 @@
+"""The text of one running stream and its fan-out to watchers.
+
+Deltas are joined into at most one `message_chunk` per frame interval
+(DESIGN.md principle 8). Every frame sent is kept, in order, so a watcher
+that attaches late (a resume) gets exactly the frames it missed, then live
+ones. Frames are serialized once and handed to every watcher as text.
+"""
+
+import asyncio
+import json
+from typing import Protocol
+
+
+class Watcher(Protocol):
+    def deliver(self, message_id: int, text: str, final: bool) -> None:
+        """Queue one serialized event; must not block."""
+
+
+def dump(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+class Relay:
+    def __init__(self, message_id: int, frame_interval: float):
+        self.message_id = message_id
+        self.frame_interval = frame_interval
+        self.watchers: set[Watcher] = set()
+        self.frames: list[str] = []  # delta of each message_chunk sent; seq = index + 1
+        self.pending: list[str] = []  # deltas waiting for the next frame
+        self.finished = False
+        self._loop = asyncio.get_running_loop()
+        self._next_frame_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def seq(self) -> int:
+        return len(self.frames)
+
+    def text(self) -> str:
+        return "".join(self.frames) + "".join(self.pending)
+
+    def add(self, delta: str) -> None:
+        self.pending.append(delta)
+        if self._timer is not None:
+            return
+        wait = self._next_frame_at - self._loop.time()
+        if wait <= 0:
+            self.emit()
+        else:
+            self._timer = self._loop.call_later(wait, self.emit)
+
+    def emit(self) -> None:
+        """Send everything pending as one frame."""
+        self._cancel_timer()
+        if not self.pending:
+            return
+        delta = "".join(self.pending)
+        self.pending.clear()
+        self.frames.append(delta)
+        self._next_frame_at = self._loop.time() + self.frame_interval
+        text = dump({"type": "message_chunk", "message_id": self.message_id, "seq": len(self.frames), "delta": delta})
+        for watcher in tuple(self.watchers):
+            watcher.deliver(self.message_id, text, False)
+
+    def attach(self, watcher: Watcher, after_seq: int = 0) -> None:
+        """Replay the frames after `after_seq`, then follow live ones (no await in between: no gap)."""
+        for seq in range(max(after_seq, 0) + 1, len(self.frames) + 1):
+            event = {"type": "message_chunk", "message_id": self.message_id, "seq": seq, "delta": self.frames[seq - 1]}
+            watcher.deliver(self.message_id, dump(event), False)
+        self.watchers.add(watcher)
+
+    def detach(self, watcher: Watcher) -> None:
+        self.watchers.discard(watcher)
+
+    def finish(self, event: dict) -> None:
+        """Send what is pending, then the terminal event, to every watcher; then let them go."""
+        self.emit()
+        self.finished = True
+        text = dump(event)
+        for watcher in tuple(self.watchers):
+            watcher.deliver(self.message_id, text, True)
+        self.watchers.clear()
+
+    def close(self) -> None:
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
