@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 # One piece of a scripted body: (seconds to wait first, bytes, is a content event).
 Piece = tuple[float, bytes, bool]
 
-RESET_GRACE = 0.05  # lets the client read the last chunks before the RST discards them
-
 
 @dataclass
 class Reply:
@@ -75,11 +73,16 @@ def _chat_pieces(chunks: list[str], delay: float, first_delay: float, done: bool
         yield 0.0, _sse("[DONE]"), False
 
 
-SSE_HEADERS = {"content-type": "text/event-stream"}
+def _content_pieces(chunks: list[str]) -> Iterator[Piece]:
+    return (piece for piece in _chat_pieces(chunks, 0.0, 0.0, False) if piece[2])
+
+
+def _sse_reply(body: Callable[[], Iterable[Piece]], end: str = "finish") -> Reply:
+    return Reply(headers={"content-type": "text/event-stream"}, body=body, end=end)
 
 
 def chat_reply(chunks: list[str], delay: float = 0.0, first_delay: float = 0.0, done: bool = True) -> Reply:
-    return Reply(headers=SSE_HEADERS, body=lambda: _chat_pieces(chunks, delay, first_delay, done))
+    return _sse_reply(lambda: _chat_pieces(chunks, delay, first_delay, done))
 
 
 def endless_reply(delay: float = 0.01, word: str = "tok") -> Reply:
@@ -87,20 +90,19 @@ def endless_reply(delay: float = 0.01, word: str = "tok") -> Reply:
         for i in itertools.count(1):
             yield (delay if i > 1 else 0.0), _chat_chunk({"content": f"{word}{i} "}), True
 
-    return Reply(headers=SSE_HEADERS, body=pieces)
+    return _sse_reply(pieces)
 
 
 def stall_reply(chunks: list[str], then_stall: bool = True) -> Reply:
     """Send `chunks`, then go silent until the client hangs up (or finish normally)."""
     if not then_stall:
         return chat_reply(chunks)
-    pieces = lambda: (p for p in _chat_pieces(chunks, 0.0, 0.0, False) if p[2])  # noqa: E731
-    return Reply(headers=SSE_HEADERS, body=pieces, end="stall")
+    return _sse_reply(lambda: _content_pieces(chunks), end="stall")
 
 
 def reset_reply(chunks: list[str]) -> Reply:
-    pieces = lambda: (p for p in _chat_pieces(chunks, 0.0, 0.0, False) if p[2])  # noqa: E731
-    return Reply(headers=SSE_HEADERS, body=pieces, end="reset")
+    """Send `chunks`, then abort the connection with a TCP RST."""
+    return _sse_reply(lambda: _content_pieces(chunks), end="reset")
 
 
 def error_reply(status: int, body: dict | str, headers: dict | None = None) -> Reply:
@@ -140,7 +142,7 @@ def anthropic_reply(chunks: list[str], delay: float = 0.0) -> Reply:
         yield 0.0, _sse(stop, "message_delta"), False
         yield 0.0, _sse({"type": "message_stop"}, "message_stop"), False
 
-    return Reply(headers=SSE_HEADERS, body=pieces)
+    return _sse_reply(pieces)
 
 
 def huge_event_reply(size_bytes: int) -> Reply:
@@ -151,7 +153,7 @@ def huge_event_reply(size_bytes: int) -> Reply:
         yield 0.0, f"{head}{padding}{tail}\n\n".encode(), True
         yield 0.0, _sse("[DONE]"), False
 
-    return Reply(headers=SSE_HEADERS, body=pieces)
+    return _sse_reply(pieces)
 
 
 class _Connection:
@@ -361,8 +363,9 @@ class FakeUpstream:
             await conn.hung_up.wait()
             return False
         if reply.end == "reset":
-            if await conn.pause(RESET_GRACE):
-                conn.reset()
+            # Linux still delivers the bytes queued before an RST, so the client
+            # gets every chunk and then ECONNRESET.
+            conn.reset()
             return False
         if not await conn.send(b"0\r\n\r\n"):
             return False

@@ -34,7 +34,7 @@ function renderMarkdown(text) {
   return DOMPurify.sanitize(marked.parse(text), PURIFY_CONFIG);
 }
 
-// id -> {id, role, status, text, lastSeq, prompt, stopping, renderQueued, resyncing, el, body, marker, retry}
+// id -> {id, role, status, text, lastSeq, prompt, stopping, renderQueued, resyncing, el, body}
 const messages = new Map();
 let socket = null;
 let retryDelay = BACKOFF_START_MS;
@@ -70,16 +70,14 @@ function addMessage({ id, role, status, content, marker = "", prompt = null }) {
   el.className = `message message-${role}`;
   el.dataset.messageId = id;
   el.dataset.role = role;
-  el.innerHTML = `<div class="message-body"></div>
-    <span class="typing-indicator" role="img" aria-label="Answer is being written"><span></span><span></span><span></span></span>
-    <p class="marker" hidden></p>
-    <button type="button" class="button small retry-button" hidden>Retry</button>`;
-  const rec = {
-    id, role, status, text: content, lastSeq: 0, prompt, stopping: false, renderQueued: false, resyncing: false,
-    el, body: el.querySelector(".message-body"), marker: el.querySelector(".marker"),
-    retry: el.querySelector(".retry-button"),
-  };
-  rec.retry.addEventListener("click", () => sendPrompt(rec.prompt));
+  const body = document.createElement("div");
+  body.className = "message-body";
+  el.append(body);
+  if (role === "assistant") {
+    el.insertAdjacentHTML("beforeend", `<span class="typing-indicator" role="img" aria-label="Answer is being written">
+      <span></span><span></span><span></span></span>`);
+  }
+  const rec = { id, role, status, text: content, lastSeq: 0, prompt, stopping: false, renderQueued: false, resyncing: false, el, body };
   messages.set(id, rec);
   messagesEl.querySelector(".empty-state")?.remove();
   messagesEl.append(el);
@@ -103,12 +101,25 @@ function scheduleRender(rec) {
   });
 }
 
+// The marker and Retry exist only when shown, so a bubble's text is exactly what is visible.
 function showStatus(rec, marker) {
   rec.el.dataset.status = rec.status;
   rec.el.setAttribute("aria-busy", String(isActive(rec)));
-  rec.marker.textContent = marker;
-  rec.marker.hidden = !marker;
-  rec.retry.hidden = !(rec.status === "error" && rec.prompt);
+  rec.el.querySelectorAll(":scope > .marker, :scope > .retry-button").forEach((el) => el.remove());
+  if (marker) {
+    const markerEl = document.createElement("p");
+    markerEl.className = "marker";
+    markerEl.textContent = marker;
+    rec.el.append(markerEl);
+  }
+  if (rec.status === "error" && rec.prompt) {
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "button small retry-button";
+    retry.textContent = "Retry";
+    retry.addEventListener("click", () => sendPrompt(rec.prompt));
+    rec.el.append(retry);
+  }
   syncSendButton();
 }
 

@@ -4,6 +4,7 @@ an SSE reader with a line-size cap, and the mapping of failures to ProviderError
 import asyncio
 import json
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ MAX_LINE_BYTES = 1 << 20  # no sane event is this big; a bigger one means a brok
 ERROR_BODY_BYTES = 4096
 MAX_DETAIL_CHARS = 300
 DRAIN_SECONDS = 0.25
+# Finds the message in a JSON error body cut short by the ERROR_BODY_BYTES cap.
+TRUNCATED_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)')
 
 # Building a client (its TLS context mostly) costs tens of ms of CPU, so one is
 # shared by every stream; but a client's connections belong to the loop that
@@ -120,7 +123,8 @@ async def _status_detail(response: httpx.Response) -> str:
     try:
         reason = error_message(json.loads(text))
     except ValueError:
-        reason = None
+        found = TRUNCATED_MESSAGE.search(text)
+        reason = found.group(1) if found else None
     reason = reason or text[:200] or response.reason_phrase
     return short(f"The model server answered {response.status_code}: {reason}")
 

@@ -1,0 +1,105 @@
+"""End to end over real sockets: a daphne process, a websocket client and the fake upstream on loopback."""
+
+import asyncio
+import json
+import time
+
+import pytest
+import websockets
+
+from tests.helpers import TERMINAL
+from tests.live import LiveServer, open_socket, sign_in
+from tests.upstream import chat_reply, endless_reply, running_upstream
+
+
+@pytest.fixture(scope="module")
+def upstream_server():
+    with running_upstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, upstream_server):
+    live = LiveServer(tmp_path_factory.mktemp("live"), {
+        "LLM_PROVIDER": "openai", "LLM_BASE_URL": upstream_server.base_url, "LLM_API_KEY": "k",
+        "STREAM_FLUSH_INTERVAL": "0.1", "STREAM_DISCONNECT_GRACE": "0",
+    }).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    signed_in = sign_in(server)
+    yield signed_in
+    signed_in.close()
+
+
+@pytest.fixture(scope="module")
+def project_id(client):
+    return client.get("/api/projects/").json()["results"][0]["id"]
+
+
+async def next_frame(ws, timeout=5.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def frames_until(ws, *types) -> list[dict]:
+    frames = []
+    while not frames or frames[-1]["type"] not in types:
+        frames.append(await next_frame(ws))
+    return frames
+
+
+async def test_it_streams_and_stops_over_a_real_socket(server, client, project_id, upstream_server):
+    upstream_server.enqueue(chat_reply(["Hi", " there"], delay=0.01), endless_reply(delay=0.005))
+    async with open_socket(server, project_id, client) as ws:
+        await ws.send(json.dumps({"type": "send", "content": "hello"}))
+        done = (await frames_until(ws, *TERMINAL))[-1]
+        assert (done["type"], done["content"]) == ("stream_complete", "Hi there")
+
+        await ws.send(json.dumps({"type": "send", "content": "go on forever"}))
+        answer_id = (await frames_until(ws, "message_created"))[-1]["assistant_message"]["id"]
+        before = await frames_until(ws, "message_chunk")
+        request = upstream_server.requests[-1]
+        sent = time.monotonic()
+        await ws.send(json.dumps({"type": "cancel", "message_id": answer_id}))
+        frames = await frames_until(ws, *TERMINAL)
+        latency = time.monotonic() - sent
+    cancelled = frames[-1]
+    assert cancelled["type"] == "stream_cancelled" and cancelled["reason"] == "user"
+    assert latency < 0.5, f"stop took {latency * 1000:.0f} ms"
+    upstream_server.wait_closed(request, timeout=2)
+    assert request.closed_early and request.closed_at - sent < 0.5
+    text = "".join(f["delta"] for f in before + frames if f["type"] == "message_chunk")
+    assert cancelled["content"] == text
+    messages = client.get(f"/api/projects/{project_id}/messages/").json()["results"]
+    stored = next(m for m in messages if m["id"] == answer_id)
+    assert (stored["status"], stored["content"]) == ("cancelled", text)
+    assert stored["display_content"].endswith("*[Response cancelled by user]*")
+
+
+async def test_it_stops_over_real_http_with_the_rest_endpoint(server, client, project_id, upstream_server):
+    upstream_server.enqueue(endless_reply(delay=0.005))
+    async with open_socket(server, project_id, client) as ws:
+        await ws.send(json.dumps({"type": "send", "content": "stop me over http"}))
+        answer_id = (await frames_until(ws, "message_created"))[-1]["assistant_message"]["id"]
+        await frames_until(ws, "message_chunk")
+        response = client.post(f"/api/projects/{project_id}/chat/cancel", json={"message_id": answer_id})
+        cancelled = (await frames_until(ws, *TERMINAL))[-1]
+    assert response.status_code == 200, response.text
+    assert response.json()["partial_content"] == cancelled["partial_content"]
+    assert client.post(f"/api/projects/{project_id}/chat/cancel", json={"message_id": answer_id}).status_code == 409
+
+
+async def test_it_closes_an_anonymous_socket_with_4401(server, project_id):
+    async with open_socket(server, project_id) as ws:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await next_frame(ws)
+    assert closed.value.rcvd.code == 4401
+
+
+async def test_it_serves_the_chat_page_to_a_signed_in_user(server, client, project_id):
+    page = client.get(f"/projects/{project_id}/")
+    assert page.status_code == 200 and "chat.js" in page.text
+    assert client.get("/static/js/chat.js").status_code == 200

@@ -1,0 +1,382 @@
+"""Providers against a real (fake) HTTP server: streaming, error mapping, and
+above all that a stop closes the upstream connection at once."""
+
+import asyncio
+import logging
+import socket
+import time
+
+import httpx
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from streaming.providers import ProviderError, aclose_clients, get_provider
+from streaming.providers.anthropic import AnthropicProvider
+from streaming.providers.demo import DemoProvider, compose_answer
+from streaming.providers.openai import OpenAIProvider
+from tests.upstream import (
+    anthropic_reply,
+    chat_reply,
+    endless_reply,
+    error_reply,
+    huge_event_reply,
+    raw_reply,
+    reset_reply,
+    running_upstream,
+    stall_reply,
+)
+
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Say hello"},
+]
+
+
+@pytest.fixture
+def upstream():
+    with running_upstream() as server:
+        yield server
+
+
+@pytest.fixture
+async def llm(settings, upstream):
+    """OpenAI provider settings pointing at the fake upstream; closes the client after."""
+    settings.LLM_PROVIDER = "openai"
+    settings.LLM_BASE_URL = upstream.base_url
+    settings.LLM_API_KEY = "sk-test"
+    settings.LLM_MODEL = "test-model"
+    settings.LLM_CONNECT_TIMEOUT = 1.0
+    settings.LLM_READ_TIMEOUT = 2.0
+    yield settings
+    await aclose_clients()
+    await until(lambda: upstream.open_connections() == 0)
+
+
+async def until(condition, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def run(provider, messages=MESSAGES):
+    """All deltas, and the ProviderError that ended the stream (or None)."""
+    deltas = []
+    try:
+        async for delta in provider.stream(messages):
+            deltas.append(delta)
+    except ProviderError as exc:
+        return deltas, exc
+    return deltas, None
+
+
+async def assert_closed_promptly(upstream, request, since):
+    await asyncio.to_thread(upstream.wait_closed, request, 2.0)
+    assert request.closed_early
+    assert request.closed_at - since < 0.1
+    await until(lambda: upstream.open_connections() == 0)
+
+
+# -- OpenAI-compatible ----------------------------------------------------------------
+
+
+async def test_it_streams_openai_to_completion(llm, upstream):
+    upstream.enqueue(chat_reply(["Hel", "lo", ", world", "!"], delay=0.01))
+    deltas, error = await run(get_provider())
+    assert error is None
+    assert deltas == ["Hel", "lo", ", world", "!"]
+    assert upstream.requests[0].finished and upstream.requests[0].chunks_sent == 4
+
+
+async def test_it_sends_model_messages_stream_and_auth(llm, upstream):
+    await run(get_provider())
+    request = upstream.requests[0]
+    assert request.path == "/v1/chat/completions"
+    assert request.json == {"model": "test-model", "messages": MESSAGES, "stream": True}
+    assert request.headers["authorization"] == "Bearer sk-test"
+
+    llm.LLM_API_KEY = ""
+    await run(get_provider())
+    assert "authorization" not in upstream.requests[1].headers
+
+
+async def test_it_skips_non_json_and_deltaless_lines(llm, upstream):
+    upstream.enqueue(raw_reply([
+        ": keep-alive comment",
+        "data: not json at all",
+        "data: [1, 2]",
+        'data: {"choices": []}',
+        'data: {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}',
+        'data: {"choices": [{"index": 0, "delta": {"content": ""}}]}',
+        'data: {"choices": [{"index": 0, "delta": {"content": null}}]}',
+        "",
+        'data: {"choices": [{"index": 0, "delta": {"content": "kept"}}]}',
+        'data:{"choices": [{"index": 0, "delta": {"content": " too"}}]}',
+        "data: [DONE]",
+    ]))
+    assert await run(get_provider()) == (["kept", " too"], None)
+
+
+async def test_it_stops_at_done_and_ignores_what_follows(llm, upstream):
+    upstream.enqueue(raw_reply([
+        'data: {"choices": [{"delta": {"content": "before"}}]}',
+        "data: [DONE]",
+        'data: {"choices": [{"delta": {"content": "after"}}]}',
+    ]))
+    assert await run(get_provider()) == (["before"], None)
+
+
+async def test_it_reports_missing_done_as_protocol(llm, upstream):
+    upstream.enqueue(chat_reply(["partial"], done=False))
+    deltas, error = await run(get_provider())
+    assert deltas == ["partial"]
+    assert error.error_type == "protocol"
+
+
+@pytest.mark.parametrize(
+    "status, body, expected",
+    [
+        (429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, "Rate limit reached"),
+        (500, {"error": {"message": "The server had an error"}}, "The server had an error"),
+        (502, "<html>Bad gateway from the proxy</html>", "Bad gateway from the proxy"),
+    ],
+)
+async def test_it_maps_error_statuses_to_upstream(llm, upstream, status, body, expected):
+    upstream.enqueue(error_reply(status, body))
+    deltas, error = await run(get_provider())
+    assert deltas == []
+    assert error.error_type == "upstream"
+    assert str(status) in error.detail and expected in error.detail
+
+
+async def test_it_keeps_error_details_short(llm, upstream):
+    upstream.enqueue(error_reply(400, {"error": {"message": "long " * 5000}}))
+    _, error = await run(get_provider())
+    assert error.error_type == "upstream"
+    assert error.detail.startswith("The model server answered 400: long long")
+    assert len(error.detail) <= 300
+
+
+async def test_it_maps_an_error_object_in_the_stream_to_upstream(llm, upstream):
+    upstream.enqueue(raw_reply([
+        'data: {"choices": [{"delta": {"content": "a"}}]}',
+        'data: {"error": {"message": "Context length exceeded"}}',
+    ]))
+    deltas, error = await run(get_provider())
+    assert deltas == ["a"]
+    assert error.error_type == "upstream" and "Context length exceeded" in error.detail
+
+
+async def test_it_reports_connection_refused_as_network(llm):
+    with socket.socket() as sock:  # a port that was free a moment ago: nobody listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    llm.LLM_BASE_URL = f"http://127.0.0.1:{port}/v1"
+    _, error = await run(get_provider())
+    assert (error.error_type, error.detail) == ("network", "Could not connect to the model server")
+
+
+async def test_it_times_out_when_the_upstream_stalls(llm, upstream):
+    llm.LLM_READ_TIMEOUT = 0.3
+    upstream.enqueue(stall_reply(["first"]))
+    started = time.monotonic()
+    deltas, error = await run(get_provider())
+    assert deltas == ["first"]
+    assert error.error_type == "timeout" and "0.3 seconds" in error.detail
+    assert 0.25 < time.monotonic() - started < 1.5
+    await asyncio.to_thread(upstream.wait_closed, upstream.requests[0])
+    assert upstream.requests[0].closed_early
+
+
+async def test_it_reports_a_reset_as_network_after_the_chunks_before_it(llm, upstream):
+    upstream.enqueue(reset_reply(["one ", "two "]))
+    deltas, error = await run(get_provider())
+    assert deltas == ["one ", "two "]
+    assert (error.error_type, error.detail) == ("network", "The connection to the model server was lost")
+
+
+async def test_it_refuses_a_huge_event(llm, upstream):
+    upstream.enqueue(huge_event_reply(2 * 1024 * 1024))
+    deltas, error = await run(get_provider())
+    assert deltas == []
+    assert error.error_type == "protocol" and "1 MiB" in error.detail
+    await until(lambda: upstream.open_connections() == 0)
+
+
+async def test_it_refuses_a_non_sse_answer(llm, upstream):
+    upstream.enqueue(raw_reply(['{"choices": []}'], content_type="application/json"))
+    _, error = await run(get_provider())
+    assert error.error_type == "protocol" and "application/json" in error.detail
+
+
+async def test_it_maps_unexpected_failures_to_unknown_without_leaking(llm, monkeypatch, caplog):
+    def explode(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(httpx.AsyncClient, "stream", explode)
+    with caplog.at_level(logging.WARNING, logger="streaming.providers"):
+        _, error = await run(get_provider())
+    assert error.error_type == "unknown" and "secret" not in error.detail
+    assert "secret internals" in caplog.text
+
+
+# -- Stopping closes the upstream request ----------------------------------------------
+
+
+async def test_it_closes_the_connection_when_the_task_is_cancelled(llm, upstream):
+    upstream.enqueue(endless_reply(delay=0.01))
+    got_some = asyncio.Event()
+
+    async def consume():
+        async for _ in get_provider().stream(MESSAGES):
+            if upstream.requests[0].chunks_sent >= 3:
+                got_some.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(got_some.wait(), 2)
+    cancelled_at = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await assert_closed_promptly(upstream, upstream.requests[0], cancelled_at)
+
+
+async def test_it_closes_the_connection_when_the_generator_is_closed(llm, upstream):
+    upstream.enqueue(endless_reply(delay=0.01))
+    stream = get_provider().stream(MESSAGES)
+    assert [await anext(stream) for _ in range(3)] == ["tok1 ", "tok2 ", "tok3 "]
+    closed_at = time.monotonic()
+    await stream.aclose()
+    await assert_closed_promptly(upstream, upstream.requests[0], closed_at)
+
+
+async def test_it_reuses_a_finished_connection_but_never_pools_a_stopped_one(llm, upstream):
+    assert await run(get_provider()) == (["Hello", " world"], None)
+    assert upstream.open_connections() == 1  # read to the end, back in the pool
+
+    upstream.enqueue(endless_reply(delay=0.01))
+    stream = get_provider().stream(MESSAGES)
+    await anext(stream)
+    assert upstream.open_connections() == 1  # the pooled connection was reused
+    await stream.aclose()
+    await asyncio.to_thread(upstream.wait_closed, upstream.requests[1])
+    assert upstream.open_connections() == 0
+
+
+# -- Anthropic ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def claude(llm):
+    llm.LLM_PROVIDER = "anthropic"
+    llm.LLM_API_KEY = "sk-ant-test"
+    return llm
+
+
+async def test_it_streams_anthropic_to_completion(claude, upstream):
+    upstream.enqueue(anthropic_reply(["Hi", " there", "!"], delay=0.01))
+    provider = get_provider()
+    assert isinstance(provider, AnthropicProvider)
+    messages = MESSAGES + [{"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Again"}]
+    assert await run(provider, messages) == (["Hi", " there", "!"], None)
+    request = upstream.requests[0]
+    assert request.path == "/v1/messages"
+    assert request.headers["x-api-key"] == "sk-ant-test"
+    assert request.headers["anthropic-version"] == "2023-06-01"
+    assert request.json == {
+        "model": "test-model",
+        "max_tokens": 4096,
+        "stream": True,
+        "system": "Be brief.",
+        "messages": messages[1:],
+    }
+
+
+async def test_it_maps_an_anthropic_error_event_to_upstream(claude, upstream):
+    upstream.enqueue(raw_reply([
+        "event: content_block_delta",
+        'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}',
+        "",
+        "event: error",
+        'data: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}',
+        "",
+    ]))
+    deltas, error = await run(get_provider())
+    assert deltas == ["Hi"]
+    assert error.error_type == "upstream" and "Overloaded" in error.detail
+
+
+async def test_it_reports_a_missing_anthropic_message_stop_as_protocol(claude, upstream):
+    upstream.enqueue(raw_reply([
+        "event: content_block_delta",
+        'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}',
+        "",
+    ]))
+    deltas, error = await run(get_provider())
+    assert deltas == ["Hi"]
+    assert error.error_type == "protocol"
+
+
+async def test_it_merges_consecutive_anthropic_turns(claude, upstream):
+    upstream.enqueue(anthropic_reply(["ok"]))
+    await run(get_provider(), [{"role": "user", "content": "one"}, {"role": "user", "content": "two"}])
+    assert upstream.requests[0].json["messages"] == [{"role": "user", "content": "one\n\ntwo"}]
+    assert "system" not in upstream.requests[0].json
+
+
+# -- Demo -----------------------------------------------------------------------------
+
+
+async def test_it_streams_a_deterministic_markdown_demo_answer():
+    messages = [{"role": "user", "content": "How do I stop a stream?"}]
+    deltas, error = await run(DemoProvider(delay=0), messages)
+    text = "".join(deltas)
+    assert error is None and text == compose_answer(messages)
+    assert text.startswith("## ") and '"How do I stop a stream?"' in text
+    assert text.count("\n\n") >= 5 and "\n- " in text and "\n```" in text
+    assert 250 <= len(text.split()) <= 400
+    assert all(delta.strip() and delta.lstrip() == delta for delta in deltas)  # word + its spacing
+    assert (await run(DemoProvider(delay=0), messages))[0] == deltas
+    answers = {compose_answer([{"role": "user", "content": f"question {i}"}]) for i in range(10)}
+    assert len(answers) == 10
+
+
+async def test_it_cancels_the_demo_between_words():
+    received = []
+
+    async def consume():
+        async for delta in DemoProvider(delay=0.01).stream([{"role": "user", "content": "hi"}]):
+            received.append(delta)
+
+    task = asyncio.create_task(consume())
+    await until(lambda: len(received) >= 3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert 3 <= len(received) < 10
+
+
+# -- Choosing a provider --------------------------------------------------------------
+
+
+def test_it_picks_the_provider_from_settings(settings):
+    settings.LLM_PROVIDER, settings.LLM_BASE_URL, settings.LLM_MODEL = "demo", "", ""
+    assert (get_provider().name, get_provider().model) == ("demo", "demo")
+
+    settings.LLM_PROVIDER = "openai"
+    provider = get_provider()
+    assert isinstance(provider, OpenAIProvider) and provider.model == "gpt-4o-mini"
+    assert provider.url == "https://api.openai.com/v1/chat/completions"
+
+    settings.LLM_PROVIDER = "anthropic"
+    provider = get_provider()
+    assert isinstance(provider, AnthropicProvider) and provider.model == "claude-3-5-haiku-latest"
+    assert provider.url == "https://api.anthropic.com/v1/messages"
+
+    settings.LLM_BASE_URL, settings.LLM_MODEL = "http://llm.local:8080/v1/", "local"
+    provider = get_provider()
+    assert (provider.url, provider.model) == ("http://llm.local:8080/v1/messages", "local")
+
+    settings.LLM_PROVIDER = "gemini"
+    with pytest.raises(ImproperlyConfigured):
+        get_provider()
