@@ -103,3 +103,20 @@ async def test_it_serves_the_chat_page_to_a_signed_in_user(server, client, proje
     page = client.get(f"/projects/{project_id}/")
     assert page.status_code == 200 and "chat.js" in page.text
     assert client.get("/static/js/chat.js").status_code == 200
+
+
+async def test_it_stops_a_running_stream_from_the_admin_action(server, client, project_id, upstream_server):
+    upstream_server.enqueue(endless_reply(delay=0.005))
+    async with open_socket(server, project_id, client) as ws:
+        await ws.send(json.dumps({"type": "send", "content": "an operator will stop this"}))
+        answer_id = (await frames_until(ws, "message_created"))[-1]["assistant_message"]["id"]
+        await frames_until(ws, "message_chunk")
+        response = client.post("/admin/chat/message/", data={
+            "action": "stop_streams", "_selected_action": [answer_id],
+            "csrfmiddlewaretoken": client.cookies["csrftoken"],
+        })
+        cancelled = (await frames_until(ws, *TERMINAL))[-1]
+    assert response.status_code == 302
+    assert (cancelled["type"], cancelled["reason"]) == ("stream_cancelled", "user")
+    changelist = client.get("/admin/chat/message/", params={"status__exact": "cancelled"}).text
+    assert f"/admin/chat/message/{answer_id}/change/" in changelist

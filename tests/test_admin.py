@@ -1,0 +1,60 @@
+"""The admin answers "which answers were cancelled, why, and what had been produced"."""
+
+import pytest
+from django.urls import reverse
+
+from chat.models import Message, Project
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def messages(user):
+    project = Project.objects.create(owner=user, name="Support bot")
+    return {
+        "cancelled": Message.objects.create(project=project, role="assistant", status="cancelled",
+                                            cancel_reason="timeout", content="Half an answer about llamas"),
+        "complete": Message.objects.create(project=project, role="assistant", status="complete",
+                                           content="A whole answer about alpacas"),
+        "orphan": Message.objects.create(project=project, role="assistant", status="streaming",
+                                         content="saved before the worker died", worker="gone:1:1"),
+    }
+
+
+def test_it_filters_cancelled_messages_and_shows_reason_and_partial(admin_client, messages):
+    page = admin_client.get(reverse("admin:chat_message_changelist"), {"status__exact": "cancelled"})
+    text = page.content.decode()
+    assert page.status_code == 200
+    assert "Half an answer about llamas" in text and "timeout" in text
+    assert "alpacas" not in text
+
+
+def test_it_searches_content_and_filters_by_reason(admin_client, messages):
+    found = admin_client.get(reverse("admin:chat_message_changelist"), {"q": "alpacas"}).content.decode()
+    assert "alpacas" in found and "llamas" not in found
+    by_reason = admin_client.get(reverse("admin:chat_message_changelist"), {"cancel_reason__exact": "timeout"})
+    assert "llamas" in by_reason.content.decode()
+
+
+def test_it_shows_a_message_with_its_display_marker(admin_client, messages):
+    page = admin_client.get(reverse("admin:chat_message_change", args=[messages["cancelled"].pk]))
+    assert "*[Response stopped: timeout]*" in page.content.decode()
+
+
+def test_it_stops_selected_streams_through_the_cancel_service(admin_client, messages):
+    response = admin_client.post(reverse("admin:chat_message_changelist"), {
+        "action": "stop_streams",
+        "_selected_action": [messages["orphan"].pk, messages["complete"].pk],
+    }, follow=True)
+    assert "Stopped 1 stream(s)" in response.content.decode()
+    orphan = Message.objects.get(pk=messages["orphan"].pk)
+    assert (orphan.status, orphan.cancel_reason, orphan.content) == ("cancelled", "user", "saved before the worker died")
+    assert orphan.cancel_requested_at is not None
+    assert Message.objects.get(pk=messages["complete"].pk).status == "complete"
+
+
+def test_it_counts_a_projects_messages_by_status(admin_client, messages):
+    page = admin_client.get(reverse("admin:chat_project_changelist")).content.decode()
+    assert "Support bot" in page
+    detail = admin_client.get(reverse("admin:chat_project_change", args=[messages["orphan"].project_id]))
+    assert "llamas" in detail.content.decode()
