@@ -27,6 +27,7 @@ class Stream:
     chunk_count: int = 0
     cancel_reason: str | None = None
     task: asyncio.Task | None = None
+    running: bool = False  # the task has taken its first step
     # Resolved with the terminal event once the row is final.
     outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     grace_timer: asyncio.TimerHandle | None = None
@@ -60,6 +61,7 @@ class Registry:
         return stream.task
 
     async def _run(self, stream: Stream, run: Coroutine) -> None:
+        stream.running = True
         try:
             await run
         finally:
@@ -99,7 +101,12 @@ class Registry:
             return False
         if stream.cancel_reason is None:
             stream.cancel_reason = reason
-            stream.task.cancel()
+            if stream.running:
+                stream.task.cancel()
+            else:
+                # A task cancelled before its first step never enters its body, so its
+                # row would never be finalized: let it start, then cancel it.
+                asyncio.get_running_loop().call_soon(stream.task.cancel)
         return True
 
     def cancel_all(self, reason: str) -> list[int]:

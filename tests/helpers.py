@@ -1,6 +1,7 @@
 """Small helpers shared by the socket tests."""
 
 import asyncio
+import json
 import time
 
 TERMINAL = {"stream_complete", "stream_cancelled", "stream_error"}
@@ -41,3 +42,16 @@ def chunks_text(frames) -> str:
 def assert_contiguous(frames, start=1):
     seqs = [f["seq"] for f in frames if f["type"] == "message_chunk"]
     assert seqs == list(range(start, start + len(seqs))), seqs
+
+
+class Inbox:
+    """A watcher that keeps what it is given."""
+
+    def __init__(self):
+        self.events = []
+
+    def deliver(self, message_id, text, final):
+        self.events.append((json.loads(text), final))
+
+    def chunks(self):
+        return [(e["seq"], e["delta"]) for e, _ in self.events if e["type"] == "message_chunk"]

@@ -5,9 +5,10 @@ import time
 import pytest
 from channels.db import database_sync_to_async
 
+from chat import streams
 from chat.models import Message
 from streaming.registry import registry
-from tests.helpers import assert_contiguous, chunks_text, receive_until, send_prompt, wait_for
+from tests.helpers import Inbox, assert_contiguous, chunks_text, receive_until, send_prompt, wait_for
 from tests.upstream import chat_reply, endless_reply, error_reply, raw_reply, reset_reply, stall_reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -174,3 +175,17 @@ async def test_it_reports_an_unreachable_upstream_as_a_network_error(llm, settin
     await send_prompt(ws)
     error = (await receive_until(ws, "stream_error"))[-1]
     assert error["error_type"] == "network" and error["content"] == ""
+
+
+async def test_it_finalizes_an_answer_cancelled_before_its_task_first_ran(llm, project, user):
+    llm.enqueue(endless_reply(delay=0.01))
+    inbox = Inbox()
+    answer = await streams.answer_prompt(
+        user=user, project=project, content="hi", include_context=False, context_files=[], client_id=None, watcher=inbox,
+    )
+    assert registry.cancel(answer.pk, "shutdown")
+    event = await registry.wait(answer.pk)
+    assert (event["type"], event["reason"], event["content"]) == ("stream_cancelled", "shutdown", "")
+    message = await row(answer.pk)
+    assert (message.status, message.cancel_reason) == ("cancelled", "shutdown")
+    assert inbox.events[-1] == (event, True)

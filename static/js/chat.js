@@ -259,7 +259,6 @@ const handlers = {
     }
     if (!messages.has(user.id)) addMessage({ ...user, status: "complete" });
     if (!messages.has(answer.id)) addMessage({ ...answer, content: "", prompt: user.content });
-    scrollIfFollowing();
   },
 
   message_chunk({ message_id: id, seq, delta }) {
@@ -272,7 +271,9 @@ const handlers = {
     }
     rec.resyncing = false;
     rec.lastSeq = seq;
-    rec.text += delta;
+    // Seq 1 starts the text over: an answer loaded from history shows its stored
+    // (lagging) text until `resume` replays its chunks from the first.
+    rec.text = seq === 1 ? delta : rec.text + delta;
     if (rec.status !== "streaming") {
       rec.status = "streaming";
       rec.el.dataset.status = "streaming";
@@ -310,8 +311,6 @@ const handlers = {
     showAlert(errorText(frame));
     if (rec && isActive(rec)) finish(rec, "error", rec.text, `[Error: ${frame.detail}]`);
   },
-
-  pong() {},
 };
 
 // ---- connection ---------------------------------------------------------------------
@@ -346,8 +345,8 @@ function connect() {
     pendingClientId = null;
     syncSendButton();
     if (event.code === CLOSE_SIGNED_OUT) {
-      const next = encodeURIComponent(location.pathname);
-      setBanner("signed-out", "You are signed out.", { href: `/accounts/login/?next=${next}`, text: "Sign in again" });
+      const href = `${messagesEl.dataset.loginUrl}?next=${encodeURIComponent(location.pathname)}`;
+      setBanner("signed-out", "You are signed out.", { href, text: "Sign in again" });
     } else if (event.code === CLOSE_NOT_FOUND) {
       setBanner("not-found", "This project was not found.");
     } else {
@@ -361,15 +360,12 @@ function connect() {
 function loadHistory() {
   let lastPrompt = null;
   for (const item of JSON.parse(document.getElementById("history").textContent)) {
-    const rec = addMessage({
+    addMessage({
       ...item,
       marker: markerFrom(item.display_content, item.content),
       prompt: item.role === "assistant" ? lastPrompt : null,
     });
     if (item.role === "user") lastPrompt = item.content;
-    // The stored text of a live answer lags its chunks: keep it on screen, but
-    // rebuild the text from the replay that `resume` (after_seq 0) sends.
-    if (isActive(rec)) rec.text = "";
   }
 }
 

@@ -1,0 +1,89 @@
+"""The engine on its own: the registry lets go of every stream, the relay joins and replays frames."""
+
+import asyncio
+
+import pytest
+
+from streaming.registry import Registry, Stream
+from streaming.relay import Relay
+from tests.helpers import Inbox
+
+
+def make_stream(message_id=1, user_id=7, interval=0.0):
+    return Stream(message_id=message_id, user_id=user_id, project_id=1, relay=Relay(message_id, interval))
+
+
+async def test_it_forgets_a_stream_when_it_ends_however_it_ends():
+    registry = Registry()
+
+    async def fails():
+        raise RuntimeError("boom")
+
+    ok, bad = make_stream(1), make_stream(2)
+    registry.start(ok, asyncio.sleep(0))
+    registry.start(bad, fails())
+    assert registry.active_count() == 2
+    await asyncio.gather(ok.task, bad.task, return_exceptions=True)
+    assert registry.active_count() == 0 and registry.stats() == []
+
+
+async def test_it_cancels_once_with_the_first_reason():
+    registry = Registry()
+    stream = make_stream()
+    registry.start(stream, asyncio.sleep(10))
+    assert registry.cancel(1, "user") is True
+    assert registry.cancel(1, "limit") is True
+    assert stream.cancel_reason == "user"
+    with pytest.raises(asyncio.CancelledError):
+        await stream.task
+    assert registry.cancel(1, "user") is False
+    assert not registry.is_active(1)
+
+
+async def test_it_refuses_to_run_one_message_twice():
+    registry = Registry()
+    registry.start(make_stream(), asyncio.sleep(0.01))
+    with pytest.raises(ValueError):
+        registry.start(make_stream(), asyncio.sleep(0))
+    await asyncio.sleep(0.05)
+    assert registry.active_count() == 0
+
+
+async def test_it_cancels_a_stream_nobody_watches_after_the_grace():
+    registry = Registry()
+    stream = make_stream()
+    watcher = Inbox()
+    stream.relay.attach(watcher)
+    registry.start(stream, asyncio.sleep(10))
+    registry.detach(1, watcher, grace=0.05)
+    await asyncio.sleep(0.01)
+    assert registry.attach(1, watcher)  # came back in time: the timer is off
+    await asyncio.sleep(0.08)
+    assert registry.is_active(1)
+    registry.detach(1, watcher, grace=0.05)
+    await asyncio.sleep(0.08)
+    assert stream.cancel_reason == "disconnect" and not registry.is_active(1)
+
+
+async def test_it_joins_deltas_within_the_frame_interval_and_keeps_their_text():
+    relay = Relay(5, frame_interval=0.05)
+    watcher = Inbox()
+    relay.attach(watcher)
+    for piece in ["a", "b", "c"]:
+        relay.add(piece)
+    await asyncio.sleep(0.08)
+    relay.add("d")
+    relay.finish({"type": "stream_complete", "message_id": 5, "content": relay.text()})
+    assert watcher.chunks() == [(1, "a"), (2, "bc"), (3, "d")]
+    assert watcher.events[-1] == ({"type": "stream_complete", "message_id": 5, "content": "abcd"}, True)
+
+
+async def test_it_replays_exactly_the_missed_frames_to_a_late_watcher():
+    relay = Relay(5, frame_interval=0)
+    for piece in ["a", "b", "c", "d"]:
+        relay.add(piece)
+    late = Inbox()
+    relay.attach(late, after_seq=2)
+    relay.add("e")
+    assert late.chunks() == [(3, "c"), (4, "d"), (5, "e")]
+    relay.close()
