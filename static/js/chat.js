@@ -19,16 +19,32 @@ const alertsEl = document.getElementById("alerts");
 const includeContextEl = document.getElementById("include-context");
 
 marked.use({ gfm: true, breaks: true });
-// Links in model output must not get a handle on this page (window.opener).
+// Model output may carry HTML written by whoever planted text in the prompt. Only
+// what markdown itself produces is kept: no media, frames, forms or SVG, and no
+// attribute that makes the browser fetch a URL (src, srcset, poster, background),
+// because a fetched URL can carry the conversation away. Inline styles could
+// restyle the page, ids could clobber the page's own globals.
+const PURIFY_CONFIG = {
+  ALLOWED_TAGS: [
+    "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "details", "div", "dl", "dt", "em",
+    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "input", "kbd", "li", "mark", "ol", "p", "pre",
+    "s", "span", "strong", "sub", "summary", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul",
+  ],
+  ALLOWED_ATTR: ["href", "title", "align", "start", "colspan", "rowspan", "type", "checked", "disabled"],
+  ALLOW_DATA_ATTR: false,
+};
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  // Links in model output must not get a handle on this page (window.opener).
   if (node.tagName === "A") {
     node.setAttribute("target", "_blank");
     node.setAttribute("rel", "noopener noreferrer");
   }
+  // Markdown makes inputs only for task lists: anything else becomes one of those.
+  if (node.tagName === "INPUT") {
+    node.setAttribute("type", "checkbox");
+    node.setAttribute("disabled", "");
+  }
 });
-// Images are dropped because a prompt-injected answer could leak data through
-// an image URL the browser fetches on its own; inline styles could restyle the page.
-const PURIFY_CONFIG = { FORBID_TAGS: ["style", "form", "img"], FORBID_ATTR: ["style"] };
 
 function renderMarkdown(text) {
   return DOMPurify.sanitize(marked.parse(text), PURIFY_CONFIG);
@@ -87,7 +103,9 @@ function addMessage({ id, role, status, content, marker = "", prompt = null }) {
 }
 
 function renderBody(rec) {
-  rec.body.innerHTML = renderMarkdown(rec.text);
+  // A prompt is shown as typed: markdown or HTML in it is the user's text, not formatting.
+  if (rec.role === "user") rec.body.textContent = rec.text;
+  else rec.body.innerHTML = renderMarkdown(rec.text);
   scrollIfFollowing();
 }
 
