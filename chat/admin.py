@@ -1,29 +1,64 @@
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.text import Truncator
+from django.views.decorators.http import require_POST
 
 from . import services
 from .models import Message, Project, ProjectFile
 
 
+STOPPED, FINISHED = "stopped", "finished"
+STOP_NOTICES = {
+    STOPPED: ("Stopped message {id}.", messages.SUCCESS),
+    FINISHED: ("Message {id} had already finished.", messages.WARNING),
+}
+
+
+def stop_stream(message) -> str:
+    """Stop one answer through the cancel service: STOPPED, or FINISHED when it ended first."""
+    try:
+        async_to_sync(services.message_cancel)(message=message, reason=Message.CancelReason.USER)
+    except services.MessageAlreadyFinished:
+        return FINISHED
+    return STOPPED
+
+
 @admin.action(description="Stop selected streams")
 def stop_streams(modeladmin, request, queryset):
-    stopped = finished = 0
-    for message in queryset.filter(status__in=Message.ACTIVE_STATUSES):
-        try:
-            async_to_sync(services.message_cancel)(message=message, reason=Message.CancelReason.USER)
-            stopped += 1
-        except services.MessageAlreadyFinished:
-            finished += 1
-    modeladmin.message_user(request, f"Stopped {stopped} stream(s); {finished} had already finished.", messages.SUCCESS)
+    results = [stop_stream(message) for message in queryset.filter(status__in=Message.ACTIVE_STATUSES)]
+    summary = f"Stopped {results.count(STOPPED)} stream(s); {results.count(FINISHED)} had already finished."
+    modeladmin.message_user(request, summary, messages.SUCCESS)
+
+
+@admin.display(description="content")
+def preview(message):
+    return Truncator(message.content.strip()).chars(80)
+
+
+@admin.display(description="marker")
+def marker(message):
+    # The marker is markdown emphasis for the chat page; the admin shows it plain.
+    return message.marker.strip("*") or "—"
+
+
+def seconds_since(moment, now) -> str:
+    return f"{(now - moment).total_seconds():.1f} s" if moment else "—"
 
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
+    # What happened and what was kept come first, so they show before the table scrolls;
+    # the marker also names the error type, which is a filter.
     list_display = [
-        "id", "project", "owner", "role", "status", "cancel_reason", "error_type",
-        "chunk_count", "duration_display", "created_at", "preview",
+        "id", "status", "cancel_reason", marker, preview, "project", "owner", "role",
+        "chunk_count", "duration_display", "created_at",
     ]
     list_filter = ["status", "cancel_reason", "error_type", "role", "created_at"]
     search_fields = ["content", "project__name", "project__owner__username"]
@@ -55,14 +90,54 @@ class MessageAdmin(admin.ModelAdmin):
         duration = message.duration
         return f"{duration.total_seconds():.1f} s" if duration is not None else "—"
 
-    @admin.display(description="content")
-    def preview(self, message):
-        return Truncator(message.display_content.strip()).chars(80)
+    def get_urls(self):
+        # Ahead of the model's own URLs, whose "<path:object_id>/" would swallow "active/".
+        return [
+            path("active/", self.admin_site.admin_view(self.active_streams_view), name="chat_message_active"),
+            path("active/<int:message_id>/stop/", self.admin_site.admin_view(self.stop_stream_view),
+                 name="chat_message_stop"),
+        ] + super().get_urls()
+
+    def active_streams_view(self, request):
+        """Pending and streaming answers as the database has them, so every server process is covered."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        now = timezone.now()
+        streams = (
+            Message.objects.filter(status__in=Message.ACTIVE_STATUSES)
+            .select_related("project__owner")
+            .order_by("created_at", "id")
+        )
+        rows = [
+            {
+                "message": message,
+                "age": seconds_since(message.started_at or message.created_at, now),
+                "heartbeat": seconds_since(message.last_chunk_at, now),
+            }
+            for message in streams
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Active streams",
+            "rows": rows,
+            "can_stop": self.has_change_permission(request),
+        }
+        return TemplateResponse(request, "admin/chat/message/active_streams.html", context)
+
+    @method_decorator(require_POST)
+    def stop_stream_view(self, request, message_id):
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        outcome = stop_stream(get_object_or_404(Message, pk=message_id))
+        text, level = STOP_NOTICES[outcome]
+        self.message_user(request, text.format(id=message_id), level)
+        return redirect("admin:chat_message_active")
 
 
 class MessageInline(admin.TabularInline):
     model = Message
-    fields = ["role", "status", "cancel_reason", "error_type", "chunk_count", "created_at", "preview"]
+    fields = ["role", "status", "cancel_reason", "error_type", "chunk_count", "created_at", preview, marker]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -70,10 +145,6 @@ class MessageInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None):
         return False
-
-    @admin.display(description="content")
-    def preview(self, message):
-        return Truncator(message.display_content.strip()).chars(80)
 
 
 @admin.register(Project)
