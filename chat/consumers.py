@@ -16,6 +16,7 @@ from streaming.registry import registry
 from streaming.relay import dump
 
 from . import events, selectors, services, streams
+from .bus import bus, message_group
 from .frames import FrameError, parse_frame
 from .models import Message
 
@@ -29,6 +30,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.watching: set[int] = set()
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
         self.writer = None
+        self.remote: dict[int, str] = {}  # message id -> worker of the answers followed through the layer
+        self.followed_groups = []
         user = self.scope.get("user")
         # Accept first: a close before the handshake would lose the close code.
         await self.accept()
@@ -47,7 +50,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         for message_id in self.watching:
             registry.detach(message_id, self, settings.STREAM_DISCONNECT_GRACE)
+        for message_id, worker in self.remote.items():
+            if message_id in self.watching:
+                unwatch = {"type": "stream.unwatch", "message_id": message_id, "channel": self.channel_name}
+                await bus.request(worker, unwatch)
         self.watching.clear()
+        for group in self.followed_groups:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:  # the layer is away; its groups expire on their own
+                break
         if self.writer is not None:
             self.writer.cancel()
 
@@ -86,6 +98,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
         except services.LimitExceeded as error:
             raise FrameError("limit_exceeded", str(error)) from None
+        except services.StreamUnavailable as error:
+            raise FrameError("unavailable", str(error)) from None
         except services.ServiceError as error:
             raise FrameError("validation", str(error)) from None
         self.watching.add(answer.pk)
@@ -97,17 +111,41 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             event = await services.message_cancel(message=message, reason=Message.CancelReason.USER)
         except services.MessageAlreadyFinished as finished:
             raise FrameError("already_finished", f"Message {message.pk} is already {finished.status}.", message.pk) from None
+        except services.CancelPending:
+            if not was_watching:  # its terminal event reaches us when its process gets to it
+                await self._follow_elsewhere(message.pk)
+            return
         if not was_watching:
             self.push(event)  # watchers got it from the stream itself
 
     async def on_resume(self, frame):
         message = await self._message(frame["message_id"])
         self.watching.add(message.pk)
-        try:
-            await streams.watch(message=message, watcher=self, after_seq=frame["after_seq"])
-        except services.StreamUnavailable as error:
+        elsewhere = await streams.watch(message=message, watcher=self, after_seq=frame["after_seq"])
+        if elsewhere is None:
+            return
+        await self._follow_elsewhere(message.pk)
+        watch = {"type": "stream.watch", "message_id": message.pk, "channel": self.channel_name,
+                 "after_seq": frame["after_seq"]}
+        if not await bus.request(elsewhere.worker, watch):
             self.watching.discard(message.pk)
-            raise FrameError("unavailable", str(error), message.pk) from None
+            raise FrameError("unavailable", "The server producing this answer cannot be reached.", message.pk)
+        self.remote[message.pk] = elsewhere.worker
+
+    async def _follow_elsewhere(self, message_id: int):
+        """Receive the events of an answer of another process (its terminal one, at least)."""
+        self.watching.add(message_id)
+        try:
+            await self.channel_layer.group_add(message_group(message_id), self.channel_name)
+        except Exception:
+            self.watching.discard(message_id)
+            raise FrameError("unavailable", "The message bus is unavailable.", message_id) from None
+        self.followed_groups.append(message_group(message_id))
+
+    async def stream_event(self, message):
+        """An event of a stream followed through the layer; duplicates after its end are dropped."""
+        if message["message_id"] in self.watching:
+            self.deliver(message["message_id"], message["text"], message["final"])
 
     async def _message(self, message_id: int) -> Message:
         try:

@@ -1,5 +1,8 @@
 """Read-side queries. Every object is reached through its owner."""
 
+from datetime import timedelta
+
+from django.db.models import Q
 from django.shortcuts import get_object_or_404
 
 from .models import Message, Project, ProjectFile
@@ -52,3 +55,17 @@ def prompt_messages(*, project, up_to: Message, files) -> list[dict]:
         if content:
             prompt.append({"role": role, "content": content})
     return prompt
+
+
+def streams_to_sweep(*, stale_after: float, max_age: float, now) -> dict[int, str]:
+    """Unfinished answers whose heartbeat is older than `stale_after` (reason `orphaned`)
+    or that are older than `max_age` (reason `timeout`), by message id."""
+    stale_cut = now - timedelta(seconds=stale_after)
+    age_cut = now - timedelta(seconds=max_age)
+    rows = Message.objects.filter(role=Message.Role.ASSISTANT, status__in=Message.ACTIVE_STATUSES).filter(
+        Q(last_chunk_at__lt=stale_cut) | Q(last_chunk_at__isnull=True, created_at__lt=stale_cut) | Q(created_at__lt=age_cut)
+    ).values_list("id", "last_chunk_at", "created_at")
+    return {
+        message_id: Message.CancelReason.ORPHANED if (heartbeat or created) < stale_cut else Message.CancelReason.TIMEOUT
+        for message_id, heartbeat, created in rows
+    }

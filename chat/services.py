@@ -1,5 +1,6 @@
 """Write-side functions (keyword-only arguments), shared by pages, API, consumer, admin and commands."""
 
+import asyncio
 import logging
 
 from channels.db import database_sync_to_async
@@ -15,9 +16,12 @@ from streaming.runner import Outcome
 from streaming.worker import WORKER_ID
 
 from . import events, selectors
+from .bus import bus
 from .models import Message, Project, ProjectFile
 
 log = logging.getLogger("chat.services")
+
+CANCEL_WAIT = 3.0  # how long a stop waits for another process to finalize the row
 
 
 class ServiceError(Exception):
@@ -30,6 +34,14 @@ class LimitExceeded(ServiceError):
 
 class StreamUnavailable(ServiceError):
     """The answer is still running, but not where it can be reached."""
+
+
+class CancelPending(Exception):
+    """The stop is stored and sent, but the producing process has not finalized the row yet."""
+
+    def __init__(self, message: Message):
+        super().__init__(f"stop of message {message.pk} requested")
+        self.message = message
 
 
 class MessageAlreadyFinished(Exception):
@@ -136,8 +148,10 @@ def message_flush(*, message_id: int, text: str, chunk_count: int) -> str | None
 
 
 def message_finalize(*, message_id: int, outcome: Outcome | None, content: str | None = None,
-                     chunk_count: int | None = None) -> Message:
-    """Write the one terminal state (whoever races, the first conditional UPDATE wins); the row as it ends up."""
+                     chunk_count: int | None = None) -> tuple[Message, bool]:
+    """Write the one terminal state (whoever races, the first conditional UPDATE wins).
+    The row as it ends up, and whether this call was the one that finalized it."""
+    won = False
     if outcome is not None:
         changes = {"status": outcome.status, "finished_at": timezone.now()}
         if outcome.status == Message.Status.CANCELLED:
@@ -152,7 +166,7 @@ def message_finalize(*, message_id: int, outcome: Outcome | None, content: str |
         won = Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(**changes)
         if won:
             log.info("message %s finalized: %s %s", message_id, outcome.status, outcome.reason or outcome.error_type)
-    return Message.objects.get(pk=message_id)
+    return Message.objects.get(pk=message_id), bool(won)
 
 
 def message_request_cancel(*, message_id: int, reason: str) -> Message:
@@ -166,21 +180,52 @@ def message_request_cancel(*, message_id: int, reason: str) -> Message:
     return message
 
 
-async def message_cancel(*, message: Message, reason: str) -> dict:
+async def message_cancel(*, message: Message, reason: str, wait: float = CANCEL_WAIT) -> dict:
     """The one way to stop an answer (socket, REST, admin, caps, sweeper).
 
-    Stores the request, stops the producing task and waits for the row to be
-    final; the `stream_cancelled` event, or MessageAlreadyFinished when the
-    answer ended first.
+    Stores the request on the row, then stops the producing task: here at
+    once, in another live process through the layer (its next flush sees the
+    stored request even if that message is lost), and finalizes the row here
+    when no process produces it any more. The `stream_cancelled` event once
+    the row is final; MessageAlreadyFinished when the answer ended first;
+    CancelPending when another process has not finished it within `wait`.
     """
-    await database_sync_to_async(message_request_cancel)(message_id=message.pk, reason=reason)
-    event = await registry.wait(message.pk) if registry.cancel(message.pk, reason) else None
-    if event is None:
-        # No task produces it here: finalize the row as it was last saved.
-        row = await database_sync_to_async(message_finalize)(
-            message_id=message.pk, outcome=Outcome(Message.Status.CANCELLED, reason=reason)
-        )
-        event = events.terminal(row)
+    message = await database_sync_to_async(message_request_cancel)(message_id=message.pk, reason=reason)
+    if registry.cancel(message.pk, reason):
+        event = await registry.wait(message.pk) or await _finalize_here(message.pk, reason)
+    elif message.worker == WORKER_ID or _owner_is_gone(message):
+        event = await _finalize_here(message.pk, reason)
+    else:
+        await bus.request(message.worker, {"type": "stream.cancel", "message_id": message.pk, "reason": reason})
+        event = await _wait_until_final(message.pk, wait)
+        if event is None:
+            raise CancelPending(message)
     if event["type"] != "stream_cancelled":
         raise MessageAlreadyFinished(event)
     return event
+
+
+def _owner_is_gone(message: Message) -> bool:
+    heartbeat = message.last_chunk_at or message.created_at
+    return (timezone.now() - heartbeat).total_seconds() > settings.STREAM_STALE_AFTER
+
+
+async def _finalize_here(message_id: int, reason: str) -> dict:
+    row, _ = await database_sync_to_async(message_finalize)(
+        message_id=message_id, outcome=Outcome(Message.Status.CANCELLED, reason=reason)
+    )
+    event = events.terminal(row)
+    bus.announce(event)
+    return event
+
+
+async def _wait_until_final(message_id: int, timeout: float) -> dict | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        row = await database_sync_to_async(Message.objects.get)(pk=message_id)
+        if row.is_finished:
+            return events.terminal(row)
+        if loop.time() >= deadline:
+            return None
+        await asyncio.sleep(0.02)

@@ -9,6 +9,7 @@ from streaming.relay import Relay, Watcher, dump
 from streaming.runner import Limits, Outcome, Runner
 
 from . import events, services
+from .bus import bus
 from .models import Message, Project
 
 
@@ -24,10 +25,12 @@ class MessageStore:
         )
 
     async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int) -> dict:
-        row = await database_sync_to_async(services.message_finalize)(
+        row, _ = await database_sync_to_async(services.message_finalize)(
             message_id=message_id, outcome=outcome, content=content, chunk_count=chunk_count
         )
-        return events.terminal(row)
+        event = events.terminal(row)
+        bus.announce(event)
+        return event
 
 
 store = MessageStore()
@@ -45,6 +48,8 @@ async def answer_prompt(*, user, project: Project, content: str, include_context
                         client_id, watcher: Watcher) -> Message:
     """Store the prompt, start its answer in this process and let `watcher` follow it
     (`message_created` first, then the stream). Raises LimitExceeded or ServiceError."""
+    if not await bus.check():
+        raise services.StreamUnavailable("The server cannot start answers right now (its message bus is down).")
     await _make_room_in_process()
     provider = get_provider()
     user_message, answer, prompt, evict = await database_sync_to_async(services.chat_prompt_create)(
@@ -84,12 +89,13 @@ async def _evict(message: Message) -> None:
         pass
 
 
-async def watch(*, message: Message, watcher: Watcher, after_seq: int) -> None:
-    """Follow an answer from `after_seq` on: the missed chunks then live ones, or its terminal event."""
+async def watch(*, message: Message, watcher: Watcher, after_seq: int) -> Message | None:
+    """Follow an answer produced here from `after_seq` on (the missed chunks, then live
+    ones) or send its terminal event. The row, when another process produces it."""
     if registry.attach(message.pk, watcher, after_seq):
-        return
+        return None
     message = await database_sync_to_async(Message.objects.get)(pk=message.pk)
     if message.is_finished:
         watcher.deliver(message.pk, dump(events.terminal(message)), True)
-        return
-    raise services.StreamUnavailable("This answer is not being produced by this server.")
+        return None
+    return message

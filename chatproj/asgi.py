@@ -13,10 +13,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.urls import path  # noqa: E402
 
 from chat.consumers import ChatConsumer  # noqa: E402
+from chat.shutdown import install_daphne_shutdown  # noqa: E402
 
 websocket_urlpatterns = [
     path("ws/projects/<int:project_id>/chat/", ChatConsumer.as_asgi()),
 ]
+
+install_daphne_shutdown()
 
 application = ProtocolTypeRouter(
     {

@@ -1,6 +1,7 @@
 """Settings, read from the environment (see README and PROTOCOL.md)."""
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -89,8 +90,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-    # A file, not shared-cache memory: its locks honour the timeout above under concurrent threads.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+    # A file, not shared-cache memory: its locks honour the timeout above under concurrent
+    # threads. One per test process, so test runs side by side do not share it.
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(tempfile.gettempdir(), f"stopchat-test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -98,14 +100,16 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "chatproj.layers.ResilientRedisChannelLayer",
             "CONFIG": {
                 "hosts": [REDIS_URL],
-                # One namespace per deployment, so two deployments can share a Redis.
+                # One namespace per deployment (and per test run), so several can share a Redis.
                 "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "stopchat"),
-                # Stop requests and events are small; a backlog this deep
-                # means a consumer is gone, and dropping beats growing.
+                # A channel is one socket or one server process. Frames are coalesced
+                # (at most 20 a second per stream), so 1000 queued messages means the
+                # reader is gone or stuck: past that, sends fail instead of growing Redis.
                 "capacity": 1000,
+                # Undelivered messages of a vanished reader expire after this many seconds.
                 "expiry": 30,
             },
         }

@@ -6,6 +6,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from chat.bus import bus
 from chat.models import Project
 from streaming.providers import aclose_clients
 from streaming.registry import registry
@@ -45,6 +46,7 @@ async def no_leaks():
         await asyncio.sleep(0.01)
     leaked = registry.stats()
     registry.cancel_all("shutdown")
+    await bus.stop()
     await aclose_clients()
     assert leaked == [], f"streams left running: {leaked}"
 

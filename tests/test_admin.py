@@ -1,7 +1,10 @@
 """The admin answers "which answers were cancelled, why, and what had been produced"."""
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from chat.models import Message, Project
 
@@ -17,7 +20,8 @@ def messages(user):
         "complete": Message.objects.create(project=project, role="assistant", status="complete",
                                            content="A whole answer about alpacas"),
         "orphan": Message.objects.create(project=project, role="assistant", status="streaming",
-                                         content="saved before the worker died", worker="gone:1:1"),
+                                         content="saved before the worker died", worker="gone:1:1",
+                                         last_chunk_at=timezone.now() - timedelta(hours=1)),
     }
 
 

@@ -1,0 +1,172 @@
+"""Messages between server processes, over the channel layer.
+
+Each process listens on its worker group for stop requests and for sockets of
+other processes that want to follow one of its streams (`watch`: it replays
+the missed frames to their channel, then live ones). The terminal event of
+every stream is also published to the message's group, so that a socket
+anywhere that asked to stop it, or the sweeper, reaches whoever waits.
+The layer is never on the path of a socket in the owning process.
+"""
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from streaming.registry import registry
+from streaming.relay import dump
+from streaming.worker import WORKER_ID
+
+from . import events
+from .models import Message
+
+log = logging.getLogger("chat.bus")
+
+GROUP_REFRESH = 3600  # channels-redis forgets group members after a day
+
+
+def worker_group(worker: str) -> str:
+    return "worker." + re.sub(r"[^a-zA-Z0-9_.-]", "-", worker)[:90]
+
+
+def message_group(message_id: int) -> str:
+    return f"message.{message_id}"
+
+
+def event_message(message_id: int, text: str, final: bool) -> dict:
+    return {"type": "stream.event", "message_id": message_id, "text": text, "final": final}
+
+
+@dataclass(frozen=True)
+class RemoteWatcher:
+    """A socket of another process following a stream of this one, through its channel."""
+
+    channel: str
+
+    def deliver(self, message_id: int, text: str, final: bool) -> None:
+        bus.send(self.channel, event_message(message_id, text, final))
+
+
+class Bus:
+    def __init__(self):
+        self._loop = None
+        self._tasks: list[asyncio.Task] = []
+        self._outbox: asyncio.Queue | None = None
+
+    def ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self._outbox = asyncio.Queue()
+        self._tasks = [loop.create_task(self._listen(), name="bus-listen"), loop.create_task(self._send_all(), name="bus-send")]
+
+    async def stop(self) -> None:
+        if self._loop is not asyncio.get_running_loop():  # its tasks ended with their loop
+            self._tasks, self._loop = [], None
+            return
+        await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks, self._loop = [], None
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued has been handed to the layer."""
+        if self._outbox is not None:
+            try:
+                await asyncio.wait_for(self._outbox.join(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%d bus messages not sent", self._outbox.qsize())
+
+    async def check(self) -> bool:
+        """Whether the layer answers now (a new stream needs it for stops and watchers elsewhere)."""
+        self.ensure_started()
+        layer = get_channel_layer()
+        try:
+            await asyncio.wait_for(layer.group_add("health", "health.probe"), 1.0)
+            await asyncio.wait_for(layer.group_discard("health", "health.probe"), 1.0)
+        except Exception as error:
+            log.warning("channel layer check failed: %s", type(error).__name__)
+            return False
+        return True
+
+    # -- sending: one queue, so messages to one channel keep their order -----------------
+
+    def send(self, channel: str, message: dict) -> None:
+        self.ensure_started()
+        self._outbox.put_nowait(("send", channel, message))
+
+    def send_group(self, group: str, message: dict) -> None:
+        self.ensure_started()
+        self._outbox.put_nowait(("group_send", group, message))
+
+    async def _send_all(self) -> None:
+        layer = get_channel_layer()
+        while True:
+            method, target, message = await self._outbox.get()
+            try:
+                await getattr(layer, method)(target, message)
+            except ChannelFull:
+                log.warning("channel %s is full; a watcher fell behind and misses an event", target)
+            except Exception as error:
+                log.warning("could not %s to %s: %s", method, target, type(error).__name__)
+            finally:
+                self._outbox.task_done()
+
+    async def request(self, worker: str, message: dict) -> bool:
+        """Send a control message to a worker at once; False when the layer is unreachable."""
+        try:
+            await get_channel_layer().group_send(worker_group(worker), message)
+            return True
+        except Exception as error:
+            log.warning("could not reach worker %s: %s", worker, type(error).__name__)
+            return False
+
+    def announce(self, event: dict) -> None:
+        """Publish a terminal event to whoever waits on the message, in any process."""
+        self.send_group(message_group(event["message_id"]), event_message(event["message_id"], dump(event), True))
+
+    # -- listening: stop requests and watchers for this worker's streams ------------------
+
+    async def _listen(self) -> None:
+        layer = get_channel_layer()
+        group = worker_group(WORKER_ID)
+        channel = None
+        while True:
+            try:
+                if channel is None:
+                    channel = await layer.new_channel("worker.")
+                await layer.group_add(group, channel)
+                refresh_at = asyncio.get_running_loop().time() + GROUP_REFRESH
+                while asyncio.get_running_loop().time() < refresh_at:
+                    message = await asyncio.wait_for(layer.receive(channel), GROUP_REFRESH)
+                    await self._handle(message)
+            except asyncio.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("worker bus unavailable (%s); retrying", type(error).__name__)
+                await asyncio.sleep(1)
+
+    async def _handle(self, message: dict) -> None:
+        kind, message_id = message.get("type"), message.get("message_id")
+        if kind == "stream.cancel":
+            registry.cancel(message_id, message["reason"])
+        elif kind == "stream.watch":
+            watcher = RemoteWatcher(message["channel"])
+            if not registry.attach(message_id, watcher, message.get("after_seq", 0)):
+                row = await database_sync_to_async(Message.objects.get)(pk=message_id)
+                if row.is_finished:
+                    watcher.deliver(message_id, dump(events.terminal(row)), True)
+        elif kind == "stream.unwatch":
+            registry.detach(message_id, RemoteWatcher(message["channel"]), settings.STREAM_DISCONNECT_GRACE)
+
+
+bus = Bus()

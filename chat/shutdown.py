@@ -1,0 +1,56 @@
+"""A clean stop under daphne: on SIGTERM (or SIGINT) every stream this process owns is
+finalized as `cancelled`/`shutdown`, with its text saved and its watchers told, before
+daphne closes the sockets and exits.
+
+Daphne cancels every application at shutdown, and a cancelled consumer can no longer
+tell its socket anything; so the streams are stopped first, from our own signal
+handler, and only then is the reactor asked to stop.
+"""
+
+import asyncio
+import logging
+import signal
+import sys
+
+from streaming.registry import registry
+
+from .bus import bus
+
+log = logging.getLogger("chat.shutdown")
+
+STREAMS_TIMEOUT = 10.0  # within daphne's application close timeout
+
+
+def install_daphne_shutdown() -> None:
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None:  # not under daphne (tests, management commands)
+        return
+    # After startup, so these handlers replace the ones Twisted installs while starting.
+    reactor.callWhenRunning(_install_handlers, reactor)
+
+
+def _install_handlers(reactor) -> None:
+    state = {"stopping": False}
+
+    def begin(signum, frame):
+        if state["stopping"]:
+            reactor.callFromThread(reactor.stop)  # a second signal: stop now
+            return
+        state["stopping"] = True
+        reactor.callFromThread(lambda: asyncio.ensure_future(_stop_streams_then(reactor)))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, begin)
+
+
+async def _stop_streams_then(reactor) -> None:
+    count = registry.active_count()
+    try:
+        log.info("shutting down: stopping %d stream(s)", count)
+        await registry.shutdown("shutdown", timeout=STREAMS_TIMEOUT)
+        await bus.drain(timeout=2.0)
+        await asyncio.sleep(0.2)  # the sockets' writers send the terminal events
+    except Exception:
+        log.exception("shutdown of the streams failed")
+    finally:
+        reactor.stop()
