@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test test-browser chromium clean
 
 install: $(STAMP)
 
@@ -18,8 +18,19 @@ run: $(STAMP)
 	$(BIN)/python manage.py ensure_demo_user
 	$(BIN)/daphne -b 127.0.0.1 -p 8000 chatproj.asgi:application
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+test-browser: $(STAMP) chromium
+	$(BIN)/python -m pytest tests/browser
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download is
+# not used). Installed when it can be: as root with apt-get; otherwise they skip.
+chromium:
+	@command -v chromium >/dev/null \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+			&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); } \
+		|| echo "chromium is not installed: the browser tests will be skipped"
 
 clean:
 	rm -rf $(VENV) db.sqlite3 .pytest_cache
