@@ -14,19 +14,23 @@ from . import services
 from .models import Message, Project, ProjectFile
 
 
-STOPPED, FINISHED = "stopped", "finished"
+STOPPED, FINISHED, PENDING = "stopped", "finished", "pending"
 STOP_NOTICES = {
     STOPPED: ("Stopped message {id}.", messages.SUCCESS),
     FINISHED: ("Message {id} had already finished.", messages.WARNING),
+    PENDING: ("Stop of message {id} requested; its server process has not confirmed it yet.", messages.WARNING),
 }
 
 
 def stop_stream(message) -> str:
-    """Stop one answer through the cancel service: STOPPED, or FINISHED when it ended first."""
+    """Stop one answer through the cancel service: STOPPED, FINISHED (it ended first),
+    or PENDING (stored and sent, but its server process has not finalized it yet)."""
     try:
         async_to_sync(services.message_cancel)(message=message, reason=Message.CancelReason.USER)
     except services.MessageAlreadyFinished:
         return FINISHED
+    except services.CancelPending:
+        return PENDING
     return STOPPED
 
 
@@ -34,6 +38,8 @@ def stop_stream(message) -> str:
 def stop_streams(modeladmin, request, queryset):
     results = [stop_stream(message) for message in queryset.filter(status__in=Message.ACTIVE_STATUSES)]
     summary = f"Stopped {results.count(STOPPED)} stream(s); {results.count(FINISHED)} had already finished."
+    if results.count(PENDING):
+        summary += f" {results.count(PENDING)} will stop when their server process sees the request."
     modeladmin.message_user(request, summary, messages.SUCCESS)
 
 

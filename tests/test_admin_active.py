@@ -7,6 +7,7 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
+from chat import services
 from chat.models import Message, Project
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -95,3 +96,25 @@ def test_its_stop_button_says_when_the_answer_already_finished(admin_client, com
 def test_its_stop_button_only_answers_post(admin_client, orphan):
     assert admin_client.get(reverse("admin:chat_message_stop", args=[orphan.pk])).status_code == 405
 
+
+@pytest.fixture
+def stop_unconfirmed(monkeypatch):
+    """The producing process is alive elsewhere and has not finalized the row in time."""
+    async def unconfirmed(*, message, reason):
+        raise services.CancelPending(message)
+
+    monkeypatch.setattr(services, "message_cancel", unconfirmed)
+
+
+def test_its_stop_button_says_when_another_process_has_not_confirmed_yet(admin_client, orphan, stop_unconfirmed):
+    response = admin_client.post(reverse("admin:chat_message_stop", args=[orphan.pk]), follow=True)
+    assert f"Stop of message {orphan.pk} requested; its server process has not confirmed it yet." in response.content.decode()
+
+
+def test_the_stop_action_counts_stops_not_confirmed_yet(admin_client, orphan, stop_unconfirmed):
+    response = admin_client.post(reverse("admin:chat_message_changelist"), {
+        "action": "stop_streams", "_selected_action": [orphan.pk],
+    }, follow=True)
+    assert "Stopped 0 stream(s); 0 had already finished. 1 will stop when their server process sees the request." in (
+        response.content.decode()
+    )
