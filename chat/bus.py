@@ -88,13 +88,15 @@ class Bus:
         """Whether the layer answers now (a new stream needs it for stops and watchers elsewhere)."""
         self.ensure_started()
         layer = get_channel_layer()
-        try:
-            await asyncio.wait_for(layer.group_add("health", "health.probe"), 1.0)
-            await asyncio.wait_for(layer.group_discard("health", "health.probe"), 1.0)
-        except Exception as error:
-            log.warning("channel layer check failed: %s", type(error).__name__)
-            return False
-        return True
+        # Twice: after a Redis restart the first command meets a dead pooled connection.
+        for attempt in range(2):
+            try:
+                await asyncio.wait_for(layer.group_add("health", "health.probe"), 1.0)
+                await asyncio.wait_for(layer.group_discard("health", "health.probe"), 1.0)
+                return True
+            except Exception as error:
+                log.warning("channel layer check failed: %s", type(error).__name__)
+        return False
 
     # -- sending: one queue, so messages to one channel keep their order -----------------
 

@@ -158,8 +158,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "streaming": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-        "chat": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+        "streaming": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO"), "propagate": False},
+        "chat": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO"), "propagate": False},
     },
 }
 

@@ -1,6 +1,5 @@
 """End to end over real sockets: a daphne process, a websocket client and the fake upstream on loopback."""
 
-import asyncio
 import json
 import time
 
@@ -8,7 +7,7 @@ import pytest
 import websockets
 
 from tests.helpers import TERMINAL
-from tests.live import LiveServer, open_socket, sign_in
+from tests.live import LiveServer, frames_until, next_frame, open_socket, sign_in
 from tests.upstream import chat_reply, endless_reply, running_upstream
 
 
@@ -38,17 +37,6 @@ def client(server):
 @pytest.fixture(scope="module")
 def project_id(client):
     return client.get("/api/projects/").json()["results"][0]["id"]
-
-
-async def next_frame(ws, timeout=5.0) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def frames_until(ws, *types) -> list[dict]:
-    frames = []
-    while not frames or frames[-1]["type"] not in types:
-        frames.append(await next_frame(ws))
-    return frames
 
 
 async def test_it_streams_and_stops_over_a_real_socket(server, client, project_id, upstream_server):
