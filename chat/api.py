@@ -3,7 +3,8 @@
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rest_framework import generics, permissions, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -63,6 +64,16 @@ class StreamList(APIView):
 
     def get(self, request):
         return Response({"count": registry.active_count(), "streams": registry.stats()})
+
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def metrics(request):
+    """Prometheus metrics of this process; for staff, or a scraper on the same host."""
+    if request.META.get("REMOTE_ADDR") not in LOOPBACK and not (request.user.is_authenticated and request.user.is_staff):
+        return HttpResponse(status=404)
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
 
 async def healthz(request):

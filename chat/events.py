@@ -1,8 +1,10 @@
 """The server → client events of PROTOCOL.md, built from rows."""
 
+from streaming.runner import TERMINAL_STATUS
+
 from .models import Message
 
-TERMINAL_STATUS = {"stream_complete": "complete", "stream_cancelled": "cancelled", "stream_error": "error"}
+__all__ = ["TERMINAL_STATUS", "error", "message_created", "message_dict", "terminal"]
 
 
 def message_dict(message: Message) -> dict:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 
+from . import metrics
 from .relay import Relay, Watcher
 from .worker import WORKER_ID
 
@@ -26,6 +27,8 @@ class Stream:
     last_update: float = field(default_factory=time.monotonic)
     chunk_count: int = 0
     cancel_reason: str | None = None
+    stop_requested: float | None = None  # monotonic time the stop reached this process
+    first_chunk: float | None = None  # monotonic time of the first upstream delta
     task: asyncio.Task | None = None
     running: bool = False  # the task has taken its first step
     # Resolved with the terminal event once the row is final.
@@ -101,6 +104,7 @@ class Registry:
             return False
         if stream.cancel_reason is None:
             stream.cancel_reason = reason
+            stream.stop_requested = time.monotonic()
             if stream.running:
                 stream.task.cancel()
             else:
@@ -161,3 +165,4 @@ class Registry:
 
 
 registry = Registry()
+metrics.active_streams.set_function(registry.active_count)

@@ -2,15 +2,20 @@
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from . import metrics
 from .providers.base import Provider, ProviderError
 from .registry import Stream
 
 log = logging.getLogger("streaming.runner")
+finished = logging.getLogger("streaming.finished")  # one JSON line per finished stream
+
+TERMINAL_STATUS = {"stream_complete": "complete", "stream_cancelled": "cancelled", "stream_error": "error"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class Runner:
         # Marks the stream as stopping, so a cancel arriving now does not interrupt finalization.
         if self.stream.cancel_reason is None:
             self.stream.cancel_reason = reason
+            self.stream.stop_requested = time.monotonic()
         return Outcome("cancelled", reason=self.stream.cancel_reason)
 
     async def _read(self) -> None:
@@ -108,6 +114,9 @@ class Runner:
             async for delta in deltas:
                 if not delta:
                     continue
+                if stream.first_chunk is None:
+                    stream.first_chunk = time.monotonic()
+                    metrics.time_to_first_chunk.observe(stream.first_chunk - stream.started)
                 stream.chunk_count += 1
                 stream.last_update = time.monotonic()
                 unsaved.append(delta)
@@ -117,14 +126,17 @@ class Runner:
         text = "".join(self.unsaved)
         self.unsaved.clear()
         try:
-            return await self.store.flush(self.stream.message_id, text, self.stream.chunk_count)
+            requested = await self.store.flush(self.stream.message_id, text, self.stream.chunk_count)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The database is away: keep the text in memory and try again next time.
             self.unsaved.insert(0, text)
+            metrics.flushes.labels("failed").inc()
             log.warning("stream %s: flush failed, will retry", self.stream.message_id, exc_info=True)
             return None
+        metrics.flushes.labels("ok").inc()
+        return requested
 
     async def _finalize(self, outcome: Outcome | None) -> None:
         stream = self.stream
@@ -143,3 +155,22 @@ class Runner:
             return
         stream.relay.finish(event)
         stream.outcome.set_result(event)
+        self._record(event)
+
+    def _record(self, event: dict) -> None:
+        """Metrics and one structured log line per finished stream."""
+        stream, now = self.stream, time.monotonic()
+        status = TERMINAL_STATUS.get(event["type"], event["type"])
+        detail = event.get("reason") or event.get("error_type") or ""
+        metrics.streams_finished.labels(status, detail).inc()
+        if status == "error":
+            metrics.upstream_errors.labels(detail).inc()
+        if status == "cancelled" and stream.stop_requested is not None:
+            metrics.cancel_latency.observe(now - stream.stop_requested)
+        finished.info(json.dumps({
+            "event": "stream_finished", "message_id": stream.message_id, "user_id": stream.user_id,
+            "status": status, "reason": detail, "chunks": stream.chunk_count, "frames": stream.relay.seq,
+            "chars": len(event.get("content", "")), "duration_ms": round((now - stream.started) * 1000),
+            "ttfb_ms": round((stream.first_chunk - stream.started) * 1000) if stream.first_chunk else None,
+            "worker": stream.worker,
+        }))
