@@ -51,6 +51,12 @@ class ChatCancel(APIView):
             event = async_to_sync(services.message_cancel)(message=message, reason=Message.CancelReason.USER)
         except services.MessageAlreadyFinished as finished:
             return Response({"message_id": message_id, "status": finished.status}, status=status.HTTP_409_CONFLICT)
+        except services.CancelPending as pending:
+            # Stored and sent, but the producing process has not confirmed within the wait.
+            return Response({
+                "message_id": message_id, "status": pending.message.status, "reason": Message.CancelReason.USER,
+                "cancel_requested": True, "partial_content": pending.message.content,
+            }, status=status.HTTP_202_ACCEPTED)
         return Response({
             "message_id": message_id,
             "status": Message.Status.CANCELLED,

@@ -180,7 +180,7 @@ def message_request_cancel(*, message_id: int, reason: str) -> Message:
     return message
 
 
-async def message_cancel(*, message: Message, reason: str, wait: float = CANCEL_WAIT) -> dict:
+async def message_cancel(*, message: Message, reason: str, wait: float | None = None) -> dict:
     """The one way to stop an answer (socket, REST, admin, caps, sweeper).
 
     Stores the request on the row, then stops the producing task: here at
@@ -197,7 +197,7 @@ async def message_cancel(*, message: Message, reason: str, wait: float = CANCEL_
         event = await _finalize_here(message.pk, reason)
     else:
         await bus.request(message.worker, {"type": "stream.cancel", "message_id": message.pk, "reason": reason})
-        event = await _wait_until_final(message.pk, wait)
+        event = await _wait_until_final(message.pk, CANCEL_WAIT if wait is None else wait)
         if event is None:
             raise CancelPending(message)
     if event["type"] != "stream_cancelled":

@@ -125,3 +125,27 @@ async def test_it_reports_health(api):
     response = await api.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "ok", "channel_layer": "ok"}
+
+
+async def test_it_answers_202_when_another_live_process_has_not_confirmed_the_stop(api, project, monkeypatch):
+    from chat import services
+
+    monkeypatch.setattr(services, "CANCEL_WAIT", 0.1)
+
+    def remote_stream():
+        from django.utils import timezone
+
+        return Message.objects.create(
+            project=project, role="assistant", status="streaming", content="so far",
+            worker="another-host:1:1", started_at=timezone.now(), last_chunk_at=timezone.now(),
+        )
+
+    message = await database_sync_to_async(remote_stream)()
+    response = await api.post(f"/api/projects/{project.pk}/chat/cancel", json={"message_id": message.pk})
+    assert response.status_code == 202
+    assert response.json() == {
+        "message_id": message.pk, "status": "streaming", "reason": "user", "cancel_requested": True,
+        "partial_content": "so far",
+    }
+    row = await database_sync_to_async(Message.objects.get)(pk=message.pk)
+    assert row.cancel_requested_at is not None and row.cancel_requested_reason == "user"
