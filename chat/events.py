@@ -27,32 +27,15 @@ def message_created(user_message: Message, assistant_message: Message, client_id
 
 def terminal(message: Message) -> dict:
     """The terminal event of a finished message."""
+    event = {"message_id": message.pk, "content": message.content, "chunk_count": message.chunk_count}
     if message.status == Message.Status.COMPLETE:
-        return {
-            "type": "stream_complete",
-            "message_id": message.pk,
-            "content": message.content,
-            "chunk_count": message.chunk_count,
-        }
+        return {"type": "stream_complete", **event}
     if message.status == Message.Status.CANCELLED:
-        return {
-            "type": "stream_cancelled",
-            "message_id": message.pk,
-            "reason": message.cancel_reason,
-            "content": message.content,
-            "partial_content": message.display_content,
-            "chunk_count": message.chunk_count,
-        }
+        return {"type": "stream_cancelled", **event, "reason": message.cancel_reason,
+                "partial_content": message.display_content}
     if message.status == Message.Status.ERROR:
-        return {
-            "type": "stream_error",
-            "message_id": message.pk,
-            "error": message.error_detail,
-            "error_type": message.error_type,
-            "content": message.content,
-            "partial_content": message.display_content,
-            "chunk_count": message.chunk_count,
-        }
+        return {"type": "stream_error", **event, "error": message.error_detail, "error_type": message.error_type,
+                "partial_content": message.display_content}
     raise ValueError(f"message {message.pk} is still {message.status}")
 
 

@@ -4,23 +4,15 @@ import json
 from collections.abc import AsyncIterator
 
 from .base import ProviderError
-from .http import error_message, open_sse, short
+from .http import HTTPProvider, error_message, open_sse, short
 
 API_VERSION = "2023-06-01"
 MAX_TOKENS = 4096
 
 
-class AnthropicProvider:
+class AnthropicProvider(HTTPProvider):
     name = "anthropic"
-
-    def __init__(
-        self, *, base_url: str, api_key: str, model: str, connect_timeout: float, read_timeout: float
-    ):
-        self.url = base_url.rstrip("/") + "/messages"
-        self.api_key = api_key
-        self.model = model
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+    path = "/messages"
 
     async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
         headers = {"Accept": "text/event-stream", "anthropic-version": API_VERSION}

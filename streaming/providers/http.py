@@ -30,6 +30,20 @@ _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClien
 )
 
 
+class HTTPProvider:
+    """What the network providers share: where the API is, the key, the model, the time limits."""
+
+    name = ""
+    path = ""  # appended to the base URL
+
+    def __init__(self, *, base_url: str, api_key: str, model: str, connect_timeout: float, read_timeout: float):
+        self.url = base_url.rstrip("/") + self.path
+        self.api_key = api_key
+        self.model = model
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+
 def get_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)

@@ -4,20 +4,12 @@ import json
 from collections.abc import AsyncIterator
 
 from .base import ProviderError
-from .http import error_message, open_sse, short
+from .http import HTTPProvider, error_message, open_sse, short
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPProvider):
     name = "openai"
-
-    def __init__(
-        self, *, base_url: str, api_key: str, model: str, connect_timeout: float, read_timeout: float
-    ):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.api_key = api_key
-        self.model = model
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+    path = "/chat/completions"
 
     async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
         headers = {"Accept": "text/event-stream"}
