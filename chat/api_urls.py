@@ -1,10 +1,11 @@
 from django.urls import path
 
-from . import api
+from . import api, sse
 
 urlpatterns = [
     path("projects/", api.ProjectListCreate.as_view(), name="api-projects"),
     path("projects/<int:project_id>/messages/", api.MessageList.as_view(), name="api-messages"),
+    path("projects/<int:project_id>/chat/", sse.chat_stream, name="api-chat"),
     path("projects/<int:project_id>/chat/cancel", api.ChatCancel.as_view(), name="api-chat-cancel"),
     path("streams/", api.StreamList.as_view(), name="api-streams"),
 ]
