@@ -5,7 +5,6 @@ thread for as long as an answer streams.
 """
 
 import asyncio
-import contextvars
 import json
 
 from channels.db import database_sync_to_async
@@ -51,11 +50,7 @@ async def chat_stream(request, project_id):
     except FrameError as error:
         return _error(error.code, error.detail, 400)
     try:
-        # The answer's task inherits the context it is started from, and outlives this view.
-        # Here that context holds the request's thread-sensitive executor (WhiteNoise is a sync
-        # middleware, so Django calls this view through async_to_sync), which quits when the
-        # view returns: every database call of the answer would then fail. Start it clean.
-        body = await asyncio.create_task(_start(user, project, frame), context=contextvars.Context())
+        body = await _start(user, project, frame)
     except services.LimitExceeded as error:
         return _error("limit_exceeded", str(error), 429)
     except services.StreamUnavailable as error:

@@ -6,6 +6,7 @@ process and not to the socket that started it, and removes each entry in a
 """
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -60,7 +61,12 @@ class Registry:
             run.close()
             raise ValueError(f"message {stream.message_id} is already streaming")
         self._streams[stream.message_id] = stream
-        stream.task = asyncio.get_running_loop().create_task(self._run(stream, run), name=f"stream-{stream.message_id}")
+        # A fresh context: a stream outlives the request or socket that started it, and must not
+        # inherit theirs (under ASGI a request's context holds a thread executor that quits with it,
+        # after which every database call of the stream would fail).
+        stream.task = asyncio.get_running_loop().create_task(
+            self._run(stream, run), name=f"stream-{stream.message_id}", context=contextvars.Context()
+        )
         return stream.task
 
     async def _run(self, stream: Stream, run: Coroutine) -> None:
