@@ -3,14 +3,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-browser chromium clean
+.PHONY: install run test test-browser chromium clean bench bench-smoke
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -20,6 +20,18 @@ run: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory bench-smoke
+
+# Benchmarks (bench/, README "Benchmarks"): the full run takes about 10 minutes and
+# writes bench/results/latest.{json,md} and latency.png; BACKEND=pg runs two workers
+# on the local PostgreSQL and Redis. The smoke run (under a minute) asserts loose goals.
+BACKEND ?= sqlite
+
+bench: $(STAMP)
+	$(BIN)/python -m bench --backend $(BACKEND)
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m bench --smoke --backend $(BACKEND)
 
 test-browser: $(STAMP) chromium
 	$(BIN)/python -m pytest tests/browser

@@ -1,0 +1,483 @@
+"""Figures from raw job results, the goals, and the JSON / markdown / PNG outputs."""
+
+import datetime
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+FLUSH_GOAL_SLACK = 0.25
+
+
+def pct(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def dist(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "p50": r2(pct(values, 50)), "p95": r2(pct(values, 95)), "p99": r2(pct(values, 99)),
+            "max": r2(max(values))}
+
+
+def r2(value):
+    return None if value is None else round(value, 2)
+
+
+# -- per phase -------------------------------------------------------------------------------------
+
+
+def level(run, streams: int, workers: int, closed: dict, token: str) -> dict:
+    result = run.result
+    start, end = result["window"]
+    seconds = end - start
+    chunks = result["window_chars"] / len(token)
+    out = {"streams": streams, "per_process": streams / workers, "window_s": round(seconds, 2),
+           "chunks_per_s": round(chunks / seconds, 1)}
+    if run.window:
+        first, last = run.window
+        wall = last.at - first.at
+        server_cpu = last.server_cpu_s - first.server_cpu_s
+        upstream_chunks = last.upstream_chunks - first.upstream_chunks
+        out.update(
+            server_cpu_share=round(server_cpu / wall, 3),
+            server_cpu_ms_per_chunk=round(1000 * server_cpu / chunks, 4) if chunks else None,
+            upstream_chunks_per_s=round(upstream_chunks / wall, 1),
+            upstream_cpu_share=round((last.upstream_cpu_s - first.upstream_cpu_s) / wall, 3),
+            upstream_cpu_ms_per_chunk=round(1000 * (last.upstream_cpu_s - first.upstream_cpu_s) / upstream_chunks, 4)
+            if upstream_chunks else None,
+            loadgen_cpu_share=round((last.loadgen_cpu_s - first.loadgen_cpu_s) / wall, 3),
+            machine_busy_cores=round((last.machine_busy_s - first.machine_busy_s) / wall, 3),
+        )
+        out["other_processes_cores"] = round(out["machine_busy_cores"] - out["server_cpu_share"]
+                                             - out["upstream_cpu_share"] - out["loadgen_cpu_share"], 3)
+    if "ttfc" in result:  # direct readers
+        out["ttfc_ms"] = dist([1000 * t for t in result["ttfc"]])
+        return out
+    records = result["streams"]
+    cancel, close, missing = [], [], 0
+    for s in records:
+        if s["cancel_at"] is None or s["terminal"] != "stream_cancelled":
+            continue
+        cancel.append(1000 * (s["terminal_at"] - s["cancel_at"]))
+        if s["tag"] in closed:
+            close.append(1000 * (closed[s["tag"]] - s["cancel_at"]))
+        else:
+            missing += 1
+    out.update(
+        cancel_latency_ms=dist(cancel), upstream_close_ms=dist(close), upstream_not_closed=missing,
+        ttfc_ms=dist([1000 * (s["first_chunk_at"] - s["sent_at"]) for s in records if s["first_chunk_at"]]),
+        wire_bytes_ratio=round(result["window_wire"] / result["window_chars"], 2) if result["window_chars"] else None,
+        errors=result.get("errors", [])[:5],
+        finished=[s["message_id"] for s in records if s["message_id"]],
+    )
+    return out
+
+
+def durations(db, ids: list[int]) -> dict[int, float]:
+    out = {}
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        marks = ",".join(["%s"] * len(part))
+        for message_id, started, finished in db.query(
+                f"SELECT id, started_at, finished_at FROM chat_message WHERE id IN ({marks})", tuple(part)):
+            if started and finished:
+                out[message_id] = (_when(finished) - _when(started)).total_seconds()
+    return out
+
+
+def _when(value) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=None)
+    return datetime.datetime.fromisoformat(str(value).replace("Z", "")[:26])
+
+
+def db_writes(db, ids: list[int], flush: float) -> dict:
+    """Row writes per stream, against the goal duration / STREAM_FLUSH_INTERVAL + 2 updates."""
+    if not ids:
+        return {}
+    counts, times = db.writes(ids), durations(db, ids)
+    done = [i for i in ids if i in times]
+    if not done:
+        return {}
+    updates = sum(counts[i]["update"] for i in done) / len(done)
+    expected = sum(times[i] / flush + 2 for i in done) / len(done)
+    return {"streams": len(done), "updates_per_stream": round(updates, 2), "inserts_per_stream":
+            round(sum(counts[i]["insert"] for i in done) / len(done), 2),
+            "expected_updates": round(expected, 2), "mean_duration_s": round(sum(times[i] for i in done) / len(done), 2)}
+
+
+def lengths(records: list[dict], db, flush: float) -> list[dict]:
+    ids = [r["message_id"] for r in records]
+    counts, times = db.writes(ids), durations(db, ids)
+    out = []
+    for r in records:
+        duration = times.get(r["message_id"])
+        out.append({
+            "chunks": r["chunks"], "terminal": r["terminal"], "chunk_count": r["chunk_count"],
+            "duration_s": r2(duration), "db_updates": counts[r["message_id"]]["update"],
+            "db_inserts": counts[r["message_id"]]["insert"],
+            "expected_updates": r2(duration / flush + 2) if duration is not None else None,
+            "frames": r["frames"], "wire_bytes": r["wire"], "content_bytes": r["content_bytes"],
+            "wire_bytes_ratio": round(r["wire"] / r["content_bytes"], 3) if r["content_bytes"] else None,
+            "ttfc_ms": r2(1000 * (r["first_chunk_at"] - r["sent_at"])) if r["first_chunk_at"] else None,
+        })
+    return out
+
+
+STATUS = {"stream_complete": "complete", "stream_cancelled": "cancelled", "stream_error": "error"}
+
+
+def storm(result: dict, db, idle: dict) -> dict:
+    records = result["streams"]
+    ids = [r["message_id"] for r in records]
+    rows = {}
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        marks = ",".join(["%s"] * len(part))
+        for row in db.query(f"SELECT id, status, cancel_reason, content FROM chat_message WHERE id IN ({marks})", tuple(part)):
+            rows[row[0]] = row
+    problems = []
+    outcomes = Counter()
+    for r in records:
+        row = rows.get(r["message_id"])
+        outcomes[r["terminal"] or "none"] += 1
+        why = []
+        if len(r["events"]) != 1:
+            why.append(f"{len(r['events'])} terminal events")
+        if row is None:
+            why.append("no row")
+        else:
+            if STATUS.get(r["terminal"]) != row[1]:
+                why.append(f"row {row[1]} vs event {r['terminal']}")
+            if row[3] != r["content"]:
+                why.append("row content differs from the event's")
+            if r["terminal"] == "stream_cancelled" and row[2] != r["reason"]:
+                why.append(f"reason {row[2]} vs {r['reason']}")
+        if r["content"] is not None and r["deltas"] != r["content"]:
+            why.append("deltas do not add up to the content")
+        if not r["seqs_ok"]:
+            why.append("seq not contiguous")
+        if r["terminal"] == "stream_complete" and r["cancel_reply"] not in ("already_finished", None):
+            why.append(f"cancel answered {r['cancel_reply']}")
+        if why:
+            problems.append({"message_id": r["message_id"], "problems": why})
+    unfinished = db.query("SELECT count(*) FROM chat_message WHERE status IN ('pending', 'streaming')")[0][0]
+    return {"messages": len(records), "outcomes": dict(outcomes), "problems": problems[:20],
+            "problem_count": len(problems), "rows_unfinished": unfinished, "error_frames": result["error_count"],
+            "after": idle, "ok": not problems and unfinished == 0 and idle["registry_count"] == 0}
+
+
+def leak(before: dict, after: dict, idle: dict, result: dict, config: dict, elapsed: float) -> dict:
+    growth = [round(a - b, 2) for a, b in zip(after["rss_mb"], before["rss_mb"])]
+    return {
+        "streams": config["total"], "seconds": round(elapsed, 1), "outcomes": result["outcomes"],
+        "error_frames": result["error_count"], "rss_before_mb": before["rss_mb"], "rss_after_mb": after["rss_mb"],
+        "rss_growth_mb": max(growth), "registry_count_after": idle["registry_count"],
+        "upstream_active_replies_after": after["upstream"]["active_replies"],
+        "upstream_open_connections_before": before["upstream"]["open_connections"],
+        "upstream_open_connections_after": after["upstream"]["open_connections"],
+        "tasks_before": before["tasks"], "tasks_after": after["tasks"],
+        "threads_before": before["threads"], "threads_after": after["threads"],
+    }
+
+
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+CATEGORIES = [
+    ("json (dumps/loads)", ("json/",)),
+    ("websocket framing (autobahn)", ("autobahn/",)),
+    ("twisted reactor and transports", ("twisted/",)),
+    ("daphne", ("daphne/",)),
+    ("httpx / httpcore / h11 (upstream read)", ("httpx/", "httpcore/", "h11/", "anyio/", "sniffio/")),
+    ("channels / asgiref", ("channels/", "asgiref/")),
+    ("database (django.db, sqlite3, psycopg)", ("django/db/", "sqlite3/", "psycopg")),
+    ("django, other", ("django/",)),
+    ("stream engine (streaming/)", ("streaming/",)),
+    ("chat app (chat/)", ("chat/",)),
+    ("logging", ("logging/",)),
+    ("threads, executors", ("threading.py", "concurrent/", "queue.py")),
+    ("asyncio event loop", ("asyncio/", "selectors.py")),
+]
+
+
+def _category(file: str) -> str:
+    for name, needles in CATEGORIES:
+        if any(n in file for n in needles):
+            return name
+    return "other"
+
+
+def _short(file: str) -> str:
+    for marker in ("site-packages/", "lib/python3.11/", "/main/"):
+        if marker in file:
+            return file.split(marker, 1)[1]
+    return file
+
+
+PLUMBING = ("asyncio/", "threading.py", "concurrent/", "daphne/", "twisted/internet/", "runpy.py", "asgiref/sync.py",
+            "channels/db.py", "contextvars")
+
+
+def _plumbing(func: str, file: str) -> bool:
+    """Frames under which everything runs (event loop, thread pool), useless in an inclusive ranking."""
+    return func == "<module>" or any(p in file for p in PLUMBING)
+
+
+def profile(raw: Path, streams: int) -> dict:
+    self_time, inclusive, categories = Counter(), Counter(), Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = []
+        for part in stack.split(";"):
+            match = FRAME.match(part)
+            frames.append((match["func"], _short(match["file"])) if match else (part, ""))
+        leaf = frames[-1]
+        self_time[f"{leaf[0]} ({leaf[1]})"] += n
+        categories[_category(leaf[1])] += n
+        for func, file in set(frames):
+            if not _plumbing(func, file):
+                inclusive[f"{func} ({file})"] += n
+    share = lambda c: [{"entry": k, "share": round(v / total, 3)} for k, v in c.most_common(15)]  # noqa: E731
+    return {"streams": streams, "samples": total, "by_area": share(categories), "top_self": share(self_time),
+            "top_inclusive": share(inclusive), "flamegraph": "bench/results/latest-profile.svg"}
+
+
+# -- goals -----------------------------------------------------------------------------------------
+
+
+def _goal(name, goal, measured, met):
+    return {"name": name, "goal": goal, "measured": measured, "met": met}
+
+
+def goals(results: dict, smoke: bool) -> list[dict]:
+    meta, levels = results["meta"], results["levels"]
+    compare = meta["config"]["compare_at"]
+    workers = meta["workers"]
+    # The cancel goal is per process: 200 streams on each worker.
+    cancel_at = max((n for n in levels if n / workers <= compare), default=compare) if not smoke else max(levels)
+    cancel = levels[cancel_at]["cancel_latency_ms"].get("p99")
+    close = levels[cancel_at]["upstream_close_ms"].get("p99")
+    relay = levels[compare]["chunks_per_s"] / max(results["direct"][compare]["chunks_per_s"], 1e-9)
+    cpu = levels[compare].get("server_cpu_ms_per_chunk")
+    lens = results["lengths"]
+    leak = results["leak"]
+    storm = results["storm"]
+    bounds = {"cancel": 2000 if smoke else 25, "close": 2000 if smoke else None, "relay": 0.5 if smoke else 0.8,
+              "cpu": 0.1}
+    out = [
+        _goal(f"cancel_latency_ms p99 at {cancel_at} streams ({cancel_at / workers:g} per process)",
+              f"<= {bounds['cancel']}", cancel, cancel is not None and cancel <= bounds["cancel"]),
+    ]
+    if smoke:
+        out.append(_goal(f"upstream_close_ms p99 at {cancel_at} streams", f"<= {bounds['close']}", close,
+                         close is not None and close <= bounds["close"]))
+    out.append(_goal(f"relay_throughput_ratio at {compare} streams", f">= {bounds['relay']}", round(relay, 3),
+                     relay >= bounds["relay"]))
+    for row in lens:
+        expected = row["expected_updates"] or 0
+        slack = max(2, FLUSH_GOAL_SLACK * expected) if not smoke else expected + 4
+        out.append(_goal(f"db_writes_per_stream at {row['chunks']} chunks (updates; duration {row['duration_s']} s)",
+                         f"~ {expected} (duration / flush + 2, +-{slack:g})", row["db_updates"],
+                         abs(row["db_updates"] - expected) <= slack))
+    for row in lens:
+        out.append(_goal(f"wire_bytes_ratio at {row['chunks']} chunks", "<= 3", row["wire_bytes_ratio"],
+                         row["wire_bytes_ratio"] is not None and row["wire_bytes_ratio"] <= 3))
+    if smoke:  # loose, but a write or a whole-content frame per chunk would still fail it
+        seed_cpu = results["seed"].get("server_cpu_ms_per_chunk") or 0
+        out.append(_goal(f"server_cpu_ms_per_chunk at {compare} streams", f"<= 3 and <= half the seed-style's ({seed_cpu})",
+                         cpu, cpu is not None and cpu <= 3 and cpu <= 0.5 * seed_cpu))
+    else:
+        out.append(_goal(f"server_cpu_ms_per_chunk at {compare} streams", f"<= {bounds['cpu']}", cpu,
+                         cpu is not None and cpu <= bounds["cpu"]))
+    out.append(_goal(f"rss_growth_mb after {leak['streams']} streams", "<= 20", leak["rss_growth_mb"],
+                     leak["rss_growth_mb"] <= 20))
+    clean = (leak["registry_count_after"] == 0 and leak["upstream_active_replies_after"] == 0
+             and all(a <= b for a, b in zip(leak["tasks_after"], leak["tasks_before"])))
+    out.append(_goal("after the leak run: registry empty, no upstream reply open, no task beyond the baseline",
+                     "0 / 0 / <= baseline",
+                     f"{leak['registry_count_after']} / {leak['upstream_active_replies_after']} / "
+                     f"{leak['tasks_after']} vs {leak['tasks_before']}", clean))
+    out.append(_goal(f"storm: {storm['messages']} messages, exactly one terminal state each, rows agree",
+                     "0 problems", f"{storm['problem_count']} problems, {storm['rows_unfinished']} rows unfinished",
+                     storm["ok"]))
+    return out
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+
+
+def write(results: dict, folder: Path, stem: str, plot: bool = True) -> None:
+    (folder / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (folder / f"{stem}.md").write_text(markdown(results))
+    if plot:
+        latency_plot(results, folder / ("latency.png" if stem == "latest" else f"{stem}-latency.png"))
+
+
+def _cell(value) -> str:
+    return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def table(head: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    compare = meta["config"]["compare_at"]
+    out = [f"# Benchmark, {meta['mode']} run, {meta['date']}\n",
+           f"Backend `{meta['backend']}` ({meta['workers']} daphne worker(s)); {meta['machine']}; Python "
+           f"{meta['python']}; the whole run took {meta['elapsed_s']} s. Clients: {meta['users']}. Server: "
+           f"{meta['server_settings']}. Workload: each stream at {meta['config']['rate']} chunks/s of 4 bytes "
+           f"(`tok `) from the fake upstream. All CPU figures are whole-process (user + system) over the "
+           "measurement window.\n",
+           "## Goals\n",
+           table(["goal", "target", "measured", "met"],
+                 [[g["name"], g["goal"], g["measured"], "yes" if g["met"] else "**no**"] for g in results["goals"]])]
+    direct = results["direct"]
+    rows = []
+    for n, lv in results["levels"].items():
+        d = direct_for(direct, n)
+        rows.append([n, lv["per_process"], lv["cancel_latency_ms"].get("p50"), lv["cancel_latency_ms"].get("p95"),
+                     lv["cancel_latency_ms"].get("p99"), lv["cancel_latency_ms"]["n"],
+                     lv["upstream_close_ms"].get("p50"), lv["upstream_close_ms"].get("p99"), lv["upstream_not_closed"],
+                     lv["chunks_per_s"], d.get("chunks_per_s") if d.get("streams") == n else None,
+                     round(lv["chunks_per_s"] / d["chunks_per_s"], 3) if d.get("streams") == n else None,
+                     lv.get("server_cpu_ms_per_chunk"), lv.get("server_cpu_share"), lv.get("upstream_cpu_share"),
+                     lv.get("loadgen_cpu_share"), lv.get("other_processes_cores"),
+                     lv["ttfc_ms"].get("p50"), d.get("ttfc_ms", {}).get("p50"),
+                     r2(lv["ttfc_ms"].get("p50") - d["ttfc_ms"]["p50"]) if d.get("ttfc_ms", {}).get("p50") is not None
+                     and lv["ttfc_ms"].get("p50") is not None else None,
+                     lv["wire_bytes_ratio"], (lv.get("db") or {}).get("updates_per_stream"),
+                     (lv.get("db") or {}).get("expected_updates")])
+    out += ["## Concurrency\n",
+            "Cancel latency: client's `cancel` frame to its `stream_cancelled`. Upstream close: the same frame to the "
+            "fake upstream seeing the connection closed. Relay/direct: chunks per second the clients received "
+            "through the server / reading the upstream themselves, same concurrency. TTFC: `send` to first "
+            "`message_chunk` (server) vs request to first content event (direct); added = the difference of the "
+            "medians. Wire ratio: websocket bytes (payload + frame header) / content bytes in the window. "
+            "DB: updates of each answer's row vs duration / flush + 2.\n",
+            table(["streams", "per proc", "cancel p50 ms", "p95", "p99", "n", "upstream close p50 ms", "p99",
+                   "not closed", "relay chunks/s", "direct chunks/s", "relay ratio", "server CPU ms/chunk",
+                   "server CPU (cores)", "upstream CPU (cores)", "load generator CPU (cores)",
+                   "other processes (cores)", "TTFC p50 ms", "direct TTFC p50 ms",
+                   "TTFC added ms", "wire ratio", "DB updates/stream", "expected"], rows)]
+    out += ["## Answer length\n",
+            f"One answer at a time, upstream at {meta['config']['length_rate']} chunks/s.\n",
+            table(["chunks", "duration s", "DB updates", "expected (duration/0.5 + 2)", "DB inserts", "frames",
+                   "wire bytes", "content bytes", "wire ratio"],
+                  [[r["chunks"], r["duration_s"], r["db_updates"], r["expected_updates"], r["db_inserts"], r["frames"],
+                    r["wire_bytes"], r["content_bytes"], r["wire_bytes_ratio"]] for r in results["lengths"]])]
+    real, f0, seed = results["levels"][compare], results["frame0"], results["seed"]
+    out += [f"## Baselines at {compare} streams (steady window)\n",
+            "`frame0`: the real server with STREAM_FRAME_INTERVAL=0 (a frame per upstream chunk). `seed`: "
+            "bench/naive.py, a seed-style relay (a row write and a channel-layer frame carrying the whole content, "
+            "per chunk). Ratios are seed / real.\n",
+            table(["relay", "chunks/s", "server CPU ms/chunk", "server CPU (cores)", "wire ratio",
+                   "DB updates/stream", "cancel p99 ms"],
+                  [["real (frame interval 0.05)", real["chunks_per_s"], real.get("server_cpu_ms_per_chunk"),
+                    real.get("server_cpu_share"), real["wire_bytes_ratio"], (real.get("db") or {}).get("updates_per_stream"),
+                    real["cancel_latency_ms"].get("p99")],
+                   ["frame0 (frame interval 0)", f0["chunks_per_s"], f0.get("server_cpu_ms_per_chunk"),
+                    f0.get("server_cpu_share"), f0["wire_bytes_ratio"], None, None],
+                   ["seed-style", seed["chunks_per_s"], seed.get("server_cpu_ms_per_chunk"), seed.get("server_cpu_share"),
+                    seed["wire_bytes_ratio"], (seed.get("db") or {}).get("updates_per_stream"), None]])]
+    ratios = seed_ratios(results)
+    out += ["Seed-style / real: " + ", ".join(f"{k} x{v}" for k, v in ratios.items()) + ".\n",
+            table(["seed-style length", "duration s", "DB updates", "wire ratio", "wire bytes"],
+                  [[r["chunks"], r["duration_s"], r["db_updates"], r["wire_bytes_ratio"], r["wire_bytes"]]
+                   for r in seed.get("lengths", [])])]
+    storm_, leak_ = results["storm"], results["leak"]
+    out += ["## Storm\n",
+            f"{storm_['messages']} sends, each cancelled 0-300 ms after its `message_created`: outcomes "
+            f"{storm_['outcomes']}; {storm_['problem_count']} problems (events vs rows vs deltas); "
+            f"{storm_['rows_unfinished']} rows left unfinished; registry after: {storm_['after']['registry_count']}.\n",
+            "## Leaks\n",
+            f"{leak_['streams']} streams of 10 chunks in {leak_['seconds']} s, every other one cancelled at a random "
+            f"point: outcomes {leak_['outcomes']}. RSS {leak_['rss_before_mb']} -> {leak_['rss_after_mb']} MB "
+            f"(growth {leak_['rss_growth_mb']} MB); registry after {leak_['registry_count_after']}; upstream replies "
+            f"open after {leak_['upstream_active_replies_after']}, idle keep-alive connections "
+            f"{leak_['upstream_open_connections_before']} -> {leak_['upstream_open_connections_after']}; asyncio "
+            f"tasks {leak_['tasks_before']} -> {leak_['tasks_after']}; threads {leak_['threads_before']} -> "
+            f"{leak_['threads_after']}.\n"]
+    prof = results.get("profile")
+    if prof and "top_self" in prof:
+        out += [f"## Profile (py-spy, {prof['samples']} samples, {prof['streams']} streams)\n",
+                "Where the server's CPU goes, by the area of the innermost frame:\n",
+                table(["area", "share"], [[e["entry"], e["share"]] for e in prof["by_area"]]),
+                "Top functions by own time:\n",
+                table(["function", "share"], [[e["entry"], e["share"]] for e in prof["top_self"]]),
+                "Top functions including callees:\n",
+                table(["function", "share"], [[e["entry"], e["share"]] for e in prof["top_inclusive"]])]
+    churn = results.get("profile_churn")
+    if churn and "top_self" in churn:
+        out += [f"## Profile of the leak run (py-spy, {churn['samples']} samples, short streams on {churn['streams']} sockets)\n",
+                "Where a stream's own cost goes (prompt, start, cancel, finalize), by area and by function:\n",
+                table(["area", "share"], [[e["entry"], e["share"]] for e in churn["by_area"]]),
+                table(["function (own time)", "share"], [[e["entry"], e["share"]] for e in churn["top_self"]]),
+                table(["function (including callees)", "share"], [[e["entry"], e["share"]] for e in churn["top_inclusive"]])]
+    return "\n".join(out)
+
+
+def direct_for(direct: dict, streams: int) -> dict:
+    """The direct baseline at the same concurrency, else the nearest one measured."""
+    if not direct:
+        return {}
+    return direct[min(direct, key=lambda n: abs(int(n) - streams))]
+
+
+def seed_ratios(results: dict) -> dict:
+    compare = results["meta"]["config"]["compare_at"]
+    real, seed = results["levels"][compare], results["seed"]
+    ratios = {}
+    if real.get("server_cpu_ms_per_chunk") and seed.get("server_cpu_ms_per_chunk"):
+        ratios["CPU per chunk"] = round(seed["server_cpu_ms_per_chunk"] / real["server_cpu_ms_per_chunk"], 2)
+    if real.get("wire_bytes_ratio") and seed.get("wire_bytes_ratio"):
+        ratios["wire bytes per content byte"] = round(seed["wire_bytes_ratio"] / real["wire_bytes_ratio"], 2)
+    real_db, seed_db = real.get("db") or {}, seed.get("db") or {}
+    if real_db.get("updates_per_stream") and seed_db.get("updates_per_stream"):
+        ratios["DB writes per second of stream"] = round(
+            (seed_db["updates_per_stream"] / seed_db["mean_duration_s"]) / (real_db["updates_per_stream"] / real_db["mean_duration_s"]), 2)
+    results["seed"]["ratios"] = ratios
+    return ratios
+
+
+def latency_plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = results["levels"]
+    xs = sorted(int(n) for n in levels)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for key, label, style in (("cancel_latency_ms", "cancel → stream_cancelled", "-"),
+                              ("upstream_close_ms", "cancel → upstream closed", "--")):
+        for p, marker in (("p50", "o"), ("p95", "s"), ("p99", "^")):
+            ys = [levels[n][key].get(p) for n in xs]
+            ax.plot(xs, ys, style, marker=marker, label=f"{label} {p}")
+    ax.axhline(25, color="grey", linewidth=1, linestyle=":", label="goal: p99 ≤ 25 ms at 200/process")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(x) for x in xs])
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("milliseconds")
+    meta = results["meta"]
+    ax.set_title(f"Stop latency vs concurrency ({meta['backend']}, {meta['workers']} worker(s), {meta['date'][:10]})")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

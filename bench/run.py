@@ -1,0 +1,315 @@
+"""`python -m bench [--smoke] [--backend sqlite|pg]`: every phase of the benchmark, in one run.
+
+Phases (each against the baselines measured in the same run):
+  direct     the load generator reads the upstream itself (throughput and TTFC baseline)
+  levels     the real server at each concurrency: steady window, then cancels at random points
+  profile    py-spy on the server under the 200-stream load (full run only)
+  lengths    one answer of 1k / 10k / 100k chunks: DB writes and wire bytes
+  storm      sends and cancels in quick succession; events checked against rows
+  leak       10,000 short streams, half cancelled; RSS, registry, upstream and tasks after
+  frame0     the real server with STREAM_FRAME_INTERVAL=0 (the naive-relay CPU baseline)
+  seed       bench/naive.py, the seed-style relay (a write and a full-content frame per chunk)
+"""
+
+import argparse
+import asyncio
+import datetime
+import itertools
+import json
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import report
+from .cluster import BIN, Database, Server, Upstream, clear_redis_prefix, server_env
+from .jobs import run_job
+from .upstream import TOKEN
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROJECTS_PER_USER = 16
+
+FULL = {
+    "levels": [1, 50, 200, 500], "window": 4.0, "warmup": 1.0, "cancel_phase": 5.0,
+    "cancel_gap": {1: (0.1, 0.3), "default": (1.0, 5.0)}, "rate": 25,
+    "lengths": [1000, 10000, 100000], "length_rate": 4000, "seed_lengths": [1000, 10000],
+    "storm": {"clients": 50, "sends": 20}, "leak": {"warm": 500, "total": 10000, "clients": 200, "chunks": 10, "rate": 50},
+    "compare_at": 200, "profile": 6.0, "users": 520,
+}
+SMOKE = {
+    "levels": [1, 20], "direct_levels": [20], "window": 2.0, "warmup": 0.5, "cancel_phase": 2.0,
+    "cancel_gap": {1: (0.05, 0.15), "default": (1.0, 2.0)}, "rate": 25,
+    "lengths": [1000, 5000], "length_rate": 4000, "seed_lengths": [300],
+    "storm": {"clients": 10, "sends": 10}, "leak": {"warm": 30, "total": 150, "clients": 20, "chunks": 10, "rate": 50},
+    "compare_at": 20, "profile": 0, "users": 40,
+}
+
+
+def log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, config: dict, backend: str, workdir: Path):
+        self.config, self.backend, self.workdir = config, backend, workdir
+        self.workers = 2 if backend == "pg" else 1
+        self.prefix = f"stopchat-bench-{secrets.token_hex(4)}" if backend == "pg" else None
+        self.results: dict = {}
+        self.servers: list[Server] = []
+        self.slots = itertools.count()  # each job talks in projects of its own
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.upstream = Upstream()
+        self.db = Database(self.backend, self.workdir)
+        env = server_env(self.db, self.upstream, self.prefix)
+        prepared = self.db.prepare(env, self.config["users"], PROJECTS_PER_USER)
+        self.users, self.staff = prepared["users"], prepared["staff_session"]
+
+    def serve(self, app: str = "chatproj.asgi:application", **env) -> list[Server]:
+        self.stop_servers()
+        environment = server_env(self.db, self.upstream, self.prefix, **env)
+        self.servers = [Server(environment, app, self.workdir / f"daphne-{i}.log") for i in range(self.workers)]
+        return self.servers
+
+    def stop_servers(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.servers = []
+
+    def close(self) -> None:
+        self.stop_servers()
+        self.upstream.stop()
+        self.db.drop()
+        if self.prefix:
+            clear_redis_prefix(self.prefix)
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def job(self, kind: str, name: str, clients: int = 1, **fields) -> dict:
+        slot = next(self.slots)
+        if slot >= PROJECTS_PER_USER:
+            raise RuntimeError("more jobs than projects per user: raise PROJECTS_PER_USER")
+        return {"kind": kind, "name": name, "clients": clients, "users": self.users, "slot": slot,
+                "servers": [s.address for s in self.servers], "upstream": self.upstream.base_url,
+                "rate": self.config["rate"], **fields}
+
+    def steady(self, kind: str, name: str, streams: int, cancel_phase: float = 0.0) -> dict:
+        c = self.config
+        gap = c["cancel_gap"].get(streams, c["cancel_gap"]["default"])
+        return self.job(kind, name, streams, ramp=min(2.0, streams / 200), warmup=c["warmup"], window=c["window"],
+                        cancel_phase=cancel_phase, cancel_gap=gap)
+
+    @staticmethod
+    def procs(streams: int) -> int:
+        return 2 if streams >= 200 else 1
+
+    async def measure(self, kind: str, name: str, streams: int, cancel_phase: float = 0.0, during=None) -> dict:
+        self.upstream.reset()
+        job = self.steady(kind, name, streams, cancel_phase)
+        run = await run_job(job, servers=self.servers, upstream=self.upstream, procs=self.procs(streams),
+                            sample=True, during=during)
+        closed = self.upstream.stats(closed=True)["closed"]
+        return report.level(run, streams, self.workers, closed, TOKEN)
+
+    async def wait_idle(self, timeout: float = 30.0) -> dict:
+        """Until no server has a stream and the upstream has no reply in flight."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = [s.get("/api/streams/", self.staff)["count"] for s in self.servers]
+            active = self.upstream.stats()["active_replies"]
+            if (sum(counts) == 0 and active == 0) or time.monotonic() > deadline:
+                return {"registry_count": sum(counts), "upstream_active_replies": active}
+            await asyncio.sleep(0.2)
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    async def phase_direct(self) -> None:
+        self.results["direct"] = {}
+        for streams in self.config.get("direct_levels", self.config["levels"]):
+            log(f"direct: {streams} clients reading the upstream")
+            self.results["direct"][streams] = await self.measure("direct", f"direct{streams}", streams)
+
+    async def phase_levels(self) -> None:
+        self.serve()
+        self.results["levels"] = {}
+        for streams in self.config["levels"]:
+            log(f"levels: {streams} streams through the server")
+            result = await self.measure("streams", f"lvl{streams}", streams, self.config["cancel_phase"])
+            result["db"] = report.db_writes(self.db, result.pop("finished"), self.config_flush())
+            self.results["levels"][streams] = result
+            await self.wait_idle()
+            if streams == self.config["compare_at"] and self.config["profile"]:
+                await self.phase_profile(streams)
+
+    async def spy(self, delay: float, seconds: float, raw: Path, svg: Path | None = None) -> None:
+        """py-spy on the (first) server: collapsed stacks to `raw`, a flame graph to `svg`."""
+        binary = shutil.which("py-spy") or str(BIN / "py-spy")
+        await asyncio.sleep(delay)
+        common = ["record", "--pid", str(self.servers[0].pid), "--duration", str(int(seconds)), "--rate", "200",
+                  "--nonblocking"]
+        outputs = [("raw", raw)] + ([("flamegraph", svg)] if svg else [])
+        procs = [await asyncio.create_subprocess_exec(binary, *common, "--format", fmt, "-o", str(out),
+                                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for fmt, out in outputs]
+        for proc in procs:
+            await proc.wait()
+
+    async def phase_profile(self, streams: int) -> None:
+        log(f"profile: py-spy on the server under {streams} steady streams")
+        seconds = self.config["profile"]
+        raw = self.workdir / "profile.txt"
+
+        async def record(go: float) -> None:
+            start = go + min(2.0, streams / 200) + self.config["warmup"]
+            await self.spy(start - time.monotonic(), seconds, raw, RESULTS / "latest-profile.svg")
+
+        saved = self.config["window"]
+        self.config["window"] = seconds + 1
+        try:
+            await self.measure("streams", f"prof{streams}", streams, 0.0, during=record)
+        finally:
+            self.config["window"] = saved
+        self.results["profile"] = report.profile(raw, streams) if raw.exists() else {"error": "py-spy produced nothing"}
+        await self.wait_idle()
+
+    def config_flush(self) -> float:
+        return 0.5  # STREAM_FLUSH_INTERVAL's default, which the runs keep
+
+    async def lengths(self, lengths: list[int]) -> list[dict]:
+        job = self.job("lengths", f"len{secrets.token_hex(2)}", lengths=lengths, rate=self.config["length_rate"])
+        run = await run_job(job, servers=self.servers[:1], upstream=self.upstream)
+        return report.lengths(run.result["lengths"], self.db, self.config_flush())
+
+    async def phase_lengths(self) -> None:
+        log(f"lengths: answers of {self.config['lengths']} chunks")
+        self.results["lengths"] = await self.lengths(self.config["lengths"])
+
+    async def phase_storm(self) -> None:
+        storm = self.config["storm"]
+        log(f"storm: {storm['clients']} clients x {storm['sends']} sends and cancels")
+        job = self.job("storm", "storm", storm["clients"], sends=storm["sends"], cancel_within=0.3,
+                       users=self.users[-storm["clients"]:])
+        run = await run_job(job, servers=self.servers, upstream=self.upstream)
+        idle = await self.wait_idle()
+        self.results["storm"] = report.storm(run.result, self.db, idle)
+
+    async def phase_leak(self) -> None:
+        leak = self.config["leak"]
+        log(f"leak: warm-up {leak['warm']} streams, then {leak['total']} streams, half cancelled")
+        common = {"chunks": leak["chunks"], "rate": leak["rate"]}
+        await run_job(self.job("churn", "warm", leak["clients"], total=leak["warm"], **common),
+                      servers=self.servers, upstream=self.upstream)
+        before = await self.snapshot()
+        started = time.monotonic()
+        raw = self.workdir / "profile-churn.txt"
+
+        async def record(go: float) -> None:  # where a stream's own cost goes (start, cancel, finalize)
+            if self.config["profile"]:
+                await self.spy(go + 3 - time.monotonic(), self.config["profile"], raw)
+
+        run = await run_job(self.job("churn", "churn", leak["clients"], total=leak["total"], **common),
+                            servers=self.servers, upstream=self.upstream, during=record)
+        elapsed = time.monotonic() - started
+        idle = await self.wait_idle()
+        await asyncio.sleep(1.0)
+        after = await self.snapshot()
+        self.results["leak"] = report.leak(before, after, idle, run.result, leak, elapsed)
+        if raw.exists():
+            self.results["profile_churn"] = report.profile(raw, leak["clients"])
+
+    async def snapshot(self) -> dict:
+        await self.wait_idle()
+        await asyncio.sleep(0.5)
+        probes = [s.get("/bench/probe", self.staff) for s in self.servers]
+        return {"rss_mb": [round(s.rss_mb(), 2) for s in self.servers], "tasks": [p["tasks"] for p in probes],
+                "threads": [p["threads"] for p in probes], "upstream": self.upstream.stats()}
+
+    async def phase_frame0(self) -> None:
+        streams = self.config["compare_at"]
+        log(f"frame0: STREAM_FRAME_INTERVAL=0 at {streams} streams")
+        self.serve(STREAM_FRAME_INTERVAL=0)
+        self.results["frame0"] = await self.measure("streams", "frame0", streams)
+        await self.wait_idle()
+
+    async def phase_seed(self) -> None:
+        streams = self.config["compare_at"]
+        log(f"seed: the seed-style relay at {streams} streams, and lengths {self.config['seed_lengths']}")
+        self.serve("bench.naive:application")
+        result = await self.measure("streams", "seed", streams)
+        result["db"] = report.db_writes(self.db, result.pop("finished"), self.config_flush())
+        result["lengths"] = await self.lengths(self.config["seed_lengths"])
+        self.results["seed"] = result
+
+    async def run(self, smoke: bool) -> dict:
+        started = time.monotonic()
+        log(f"start: upstream, {self.backend} database, {self.config['users']} users")
+        self.start()
+        try:
+            await self.phase_direct()
+            await self.phase_levels()
+            await self.phase_lengths()
+            await self.phase_storm()
+            await self.phase_leak()
+            await self.phase_frame0()
+            await self.phase_seed()
+        finally:
+            self.close()
+        self.results["meta"] = meta(self.backend, self.workers, smoke, self.config, time.monotonic() - started)
+        return self.results
+
+
+def meta(backend: str, workers: int, smoke: bool, config: dict, elapsed: float) -> dict:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    import os
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": "smoke" if smoke else "full", "backend": backend, "workers": workers,
+        "machine": f"{os.cpu_count()} cores, {cpu}", "python": platform.python_version(),
+        "elapsed_s": round(elapsed, 1), "config": config,
+        "users": "one user (own project, own session) per client socket",
+        "server_settings": "DEBUG=0, STREAM_FLUSH_INTERVAL=0.5, STREAM_FRAME_INTERVAL=0.05 (defaults), "
+                           "STREAM_MAX_PER_PROCESS=5000, STREAM_MAX_PER_USER=1000",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a short run (under a minute) that asserts loose goals")
+    parser.add_argument("--backend", choices=["sqlite", "pg"], default="sqlite")
+    args = parser.parse_args()
+    config = json.loads(json.dumps(SMOKE if args.smoke else FULL))
+    if args.backend == "pg":
+        config["levels"] = sorted(set(config["levels"]) | ({400} if not args.smoke else set()))
+    config["cancel_gap"] = {int(k) if k != "default" else k: v for k, v in config["cancel_gap"].items()}
+    RESULTS.mkdir(exist_ok=True)
+    workdir = RESULTS / "work"  # databases and daphne logs of the last run (not committed)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(exist_ok=True)
+    results = asyncio.run(Bench(config, args.backend, workdir).run(args.smoke))
+    goals = report.goals(results, smoke=args.smoke)
+    results["goals"] = goals
+    stem = ("smoke" if args.smoke else "latest") + ("-pg" if args.backend == "pg" else "")
+    report.write(results, RESULTS, stem, plot=not args.smoke or True)
+    failed = [g for g in goals if g["met"] is False]
+    if args.smoke:
+        for goal in goals:
+            log(f"{'ok  ' if goal['met'] else 'FAIL'} {goal['name']}: {goal['measured']} (smoke bound {goal['goal']})")
+        print(f"bench-smoke: {len(goals) - len(failed)} passed, {len(failed)} failed")
+        sys.exit(1 if failed else 0)
+    for goal in goals:
+        log(f"{'met    ' if goal['met'] else 'NOT MET'} {goal['name']}: {goal['measured']} (goal {goal['goal']})")
+    log(f"wrote {RESULTS / (stem + '.json')}, {stem}.md and the plot")
+
+
+if __name__ == "__main__":
+    main()
