@@ -27,7 +27,7 @@ from .models import Message
 
 log = logging.getLogger("chat.bus")
 
-GROUP_REFRESH = 3600  # channels-redis forgets group members after a day
+MEMBERSHIP_REFRESH = 1.0  # seconds between re-joins of this worker's group
 
 
 def worker_group(worker: str) -> str:
@@ -138,24 +138,33 @@ class Bus:
 
     async def _listen(self) -> None:
         layer = get_channel_layer()
+        channel = await layer.new_channel("worker.")
+        keeper = asyncio.get_running_loop().create_task(self._keep_membership(layer, channel))
+        try:
+            while True:
+                try:
+                    message = await layer.receive(channel)
+                    await self._handle(message)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("worker bus: a message could not be handled", exc_info=True)
+                    await asyncio.sleep(0.1)
+        finally:
+            keeper.cancel()
+
+    async def _keep_membership(self, layer, channel: str) -> None:
+        # Re-joined every few seconds: a Redis restart forgets every group, and nothing
+        # else would tell this worker that stops and watchers can no longer reach it.
         group = worker_group(WORKER_ID)
-        channel = None
         while True:
             try:
-                if channel is None:
-                    channel = await layer.new_channel("worker.")
                 await layer.group_add(group, channel)
-                refresh_at = asyncio.get_running_loop().time() + GROUP_REFRESH
-                while asyncio.get_running_loop().time() < refresh_at:
-                    message = await asyncio.wait_for(layer.receive(channel), GROUP_REFRESH)
-                    await self._handle(message)
-            except asyncio.TimeoutError:
-                continue
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("worker bus unavailable (%s); retrying", type(error).__name__)
-                await asyncio.sleep(1)
+                log.warning("worker bus: cannot join %s (%s)", group, type(error).__name__)
+            await asyncio.sleep(MEMBERSHIP_REFRESH)
 
     async def _handle(self, message: dict) -> None:
         kind, message_id = message.get("type"), message.get("message_id")

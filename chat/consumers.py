@@ -6,6 +6,7 @@ while chunks flow. Every frame to the client goes through one outbox, in order.
 """
 
 import asyncio
+import json
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -22,6 +23,8 @@ from .models import Message
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+WATCH_RETRIES = 5
+WATCH_RETRY_AFTER = 1.0  # seconds without a frame before asking the producing worker again
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -31,6 +34,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
         self.writer = None
         self.remote: dict[int, str] = {}  # message id -> worker of the answers followed through the layer
+        self.remote_seq: dict[int, int] = {}  # message id -> last seq received through the layer
+        self.rewatch = None
         self.followed_groups = []
         user = self.scope.get("user")
         # Accept first: a close before the handshake would lose the close code.
@@ -60,8 +65,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.channel_layer.group_discard(group, self.channel_name)
             except Exception:  # the layer is away; its groups expire on their own
                 break
-        if self.writer is not None:
-            self.writer.cancel()
+        for task in (self.writer, self.rewatch):
+            if task is not None:
+                task.cancel()
 
     # The engine's watcher interface: queue a serialized event, never block.
     def deliver(self, message_id: int, text: str, final: bool) -> None:
@@ -74,7 +80,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _write(self):
         while True:
-            await self.send(text_data=await self.outbox.get())
+            await self.send(text_data=events.fit_for_socket(await self.outbox.get()))
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.project is None:
@@ -125,12 +131,26 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if elsewhere is None:
             return
         await self._follow_elsewhere(message.pk)
-        watch = {"type": "stream.watch", "message_id": message.pk, "channel": self.channel_name,
-                 "after_seq": frame["after_seq"]}
-        if not await bus.request(elsewhere.worker, watch):
+        self.remote[message.pk] = elsewhere.worker
+        self.remote_seq[message.pk] = frame["after_seq"]
+        if not await self._ask_to_watch(message.pk):
             self.watching.discard(message.pk)
             raise FrameError("unavailable", "The server producing this answer cannot be reached.", message.pk)
-        self.remote[message.pk] = elsewhere.worker
+        self.rewatch = asyncio.get_running_loop().create_task(self._ask_again_if_silent(message.pk, frame["after_seq"]))
+
+    async def _ask_to_watch(self, message_id: int) -> bool:
+        watch = {"type": "stream.watch", "message_id": message_id, "channel": self.channel_name,
+                 "after_seq": self.remote_seq[message_id]}
+        return await bus.request(self.remote[message_id], watch)
+
+    async def _ask_again_if_silent(self, message_id: int, after_seq: int):
+        # A request that lands while the layer has just lost its groups (a Redis restart) is
+        # dropped; the producer re-joins within seconds. Duplicates are dropped by seq.
+        for _ in range(WATCH_RETRIES):
+            await asyncio.sleep(WATCH_RETRY_AFTER)
+            if message_id not in self.watching or self.remote_seq.get(message_id, 0) > after_seq:
+                return
+            await self._ask_to_watch(message_id)
 
     async def _follow_elsewhere(self, message_id: int):
         """Receive the events of an answer of another process (its terminal one, at least)."""
@@ -143,9 +163,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.followed_groups.append(message_group(message_id))
 
     async def stream_event(self, message):
-        """An event of a stream followed through the layer; duplicates after its end are dropped."""
-        if message["message_id"] in self.watching:
-            self.deliver(message["message_id"], message["text"], message["final"])
+        """An event of a stream followed through the layer; duplicates are dropped."""
+        message_id = message["message_id"]
+        if message_id not in self.watching:
+            return
+        if not message["final"] and message_id in self.remote_seq:
+            seq = json.loads(message["text"]).get("seq", 0)
+            if seq <= self.remote_seq[message_id]:
+                return
+            self.remote_seq[message_id] = seq
+        self.deliver(message_id, message["text"], message["final"])
 
     async def _message(self, message_id: int) -> Message:
         try:

@@ -299,19 +299,20 @@ const handlers = {
     scheduleRender(rec);
   },
 
+  // An answer over 1 MiB ends without its text (content_omitted): the deltas already have it.
   stream_complete({ message_id: id, content }) {
     const rec = messages.get(id);
-    if (rec) finish(rec, "complete", content, "");
+    if (rec) finish(rec, "complete", content ?? rec.text, "");
   },
 
   stream_cancelled({ message_id: id, content, partial_content: display }) {
     const rec = messages.get(id);
-    if (rec) finish(rec, "cancelled", content, markerFrom(display ?? "", content));
+    if (rec) finish(rec, "cancelled", content ?? rec.text, markerFrom(display ?? "", content ?? ""));
   },
 
   stream_error({ message_id: id, content, partial_content: display, error }) {
     const rec = messages.get(id);
-    if (rec) finish(rec, "error", content, display ? markerFrom(display, content) : `[Error: ${error}]`);
+    if (rec) finish(rec, "error", content ?? rec.text, display ? markerFrom(display, content ?? "") : `[Error: ${error}]`);
   },
 
   error(frame) {
