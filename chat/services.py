@@ -6,7 +6,7 @@ import logging
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -145,6 +145,16 @@ def message_flush(*, message_id: int, text: str, chunk_count: int) -> str | None
     if row is None:
         return Message.CancelReason.ORPHANED
     return row["cancel_requested_reason"] or Message.CancelReason.USER
+
+
+def message_flush_many(flushes: list[tuple[int, str, int]]) -> list[str | None]:
+    """Several streams' flushes (message id, new text, chunk count) in one transaction."""
+    try:
+        with transaction.atomic():
+            return [message_flush(message_id=m, text=t, chunk_count=c) for m, t, c in flushes]
+    except DatabaseError:
+        connection.close()  # reconnect next time (the database may have restarted)
+        raise
 
 
 def message_finalize(*, message_id: int, outcome: Outcome | None, content: str | None = None,

@@ -1,8 +1,13 @@
 """Glue between the chat models and the streaming engine: start an answer, watch one, store its row."""
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import connections
 
+from streaming.batch import Batcher
 from streaming.providers import get_provider
 from streaming.registry import Stream, registry
 from streaming.relay import Relay, Watcher, dump
@@ -14,15 +19,30 @@ from .models import Message, Project
 
 
 class MessageStore:
-    """The runner's persistence, on the Message model."""
+    """The runner's persistence, on the Message model.
+
+    Flushes are the one frequent write (every stream, every flush interval): they go
+    to a single writer thread that keeps its connection, and those queued meanwhile
+    are written together in one transaction. A connection per flush, as Django opens
+    under ASGI with CONN_MAX_AGE=0, cost more CPU than relaying the text.
+    """
+
+    def __init__(self):
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-flush")
+        self._flushes = Batcher(self._flush_many)
 
     async def start(self, message_id: int) -> bool:
         return await database_sync_to_async(services.message_start)(message_id=message_id)
 
     async def flush(self, message_id: int, text: str, chunk_count: int) -> str | None:
-        return await database_sync_to_async(services.message_flush)(
-            message_id=message_id, text=text, chunk_count=chunk_count
-        )
+        return await self._flushes.submit((message_id, text, chunk_count))
+
+    async def _flush_many(self, flushes):
+        return await asyncio.get_running_loop().run_in_executor(self._writer, services.message_flush_many, flushes)
+
+    async def close(self) -> None:
+        """Let go of the writer's connection (tests, before their database is dropped)."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, connections.close_all)
 
     async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int) -> dict:
         row, _ = await database_sync_to_async(services.message_finalize)(

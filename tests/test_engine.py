@@ -87,3 +87,33 @@ async def test_it_replays_exactly_the_missed_frames_to_a_late_watcher():
     relay.add("e")
     assert late.chunks() == [(3, "c"), (4, "d"), (5, "e")]
     relay.close()
+
+
+async def test_it_serves_flushes_queued_meanwhile_with_one_call_each_time():
+    from streaming.batch import Batcher
+
+    calls = []
+
+    async def run_many(items):
+        calls.append(list(items))
+        await asyncio.sleep(0.01)
+        return [item * 10 for item in items]
+
+    batcher = Batcher(run_many)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(1, 6)))
+    assert results == [10, 20, 30, 40, 50]
+    assert calls == [[1, 2, 3, 4, 5]]
+
+
+async def test_it_hands_a_failed_batch_to_every_caller_and_goes_on():
+    from streaming.batch import Batcher
+
+    async def run_many(items):
+        if 0 in items:
+            raise RuntimeError("database away")
+        return items
+
+    batcher = Batcher(run_many)
+    failed = await asyncio.gather(batcher.submit(0), batcher.submit(1), return_exceptions=True)
+    assert all(isinstance(result, RuntimeError) for result in failed)
+    assert await batcher.submit(2) == 2
