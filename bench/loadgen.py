@@ -36,18 +36,47 @@ def prompt(tag: str, chunks: int, rate: float) -> str:
 
 
 class Window:
-    def __init__(self, start: float = 0.0, end: float = 0.0):
-        self.start, self.end = start, end
+    """The measurement window: it opens `warmup` seconds after every stream has had its first
+    chunk (so no stream start falls inside it), or at `latest` if some never do, and is
+    announced on stdout (`WINDOW start end`) for the orchestrator to sample CPU over."""
+
+    def __init__(self, job: dict | None = None):
+        self.start, self.end = float("inf"), float("inf")
+        self.job = job
+        self.waiting = job["clients"] if job else 0
+        self.opened = asyncio.Event()
+        self.all_started = True
 
     def __contains__(self, t: float) -> bool:
         return self.start <= t < self.end
+
+    def first_chunk(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.open()
+
+    def open(self) -> None:
+        if self.opened.is_set():
+            return
+        self.all_started = self.waiting <= 0
+        self.start = time.monotonic() + self.job["warmup"]
+        self.end = self.start + self.job["window"]
+        print(f"WINDOW {self.start} {self.end}", flush=True)
+        self.opened.set()
+
+    async def open_by(self, latest: float) -> None:
+        try:
+            await asyncio.wait_for(self.opened.wait(), max(0.0, latest - time.monotonic()))
+        except TimeoutError:
+            self.open()
+        await sleep_until(self.end)
 
 
 class Stream:
     """One answer as one client sees it."""
 
     __slots__ = ("tag", "sent_at", "message_id", "first_chunk_at", "chars", "deltas", "seqs", "terminal",
-                 "terminal_at", "cancel_at", "cancel_reply", "events", "wire")
+                 "terminal_at", "cancel_at", "cancel_reply", "events", "wire", "counts_for_window")
 
     def __init__(self, tag: str):
         self.tag = tag
@@ -63,6 +92,7 @@ class Stream:
         self.cancel_reply = None
         self.events = []
         self.wire = 0
+        self.counts_for_window = False
 
 
 class Client:
@@ -112,6 +142,8 @@ class Client:
                     self.window_chars += grown
                 if stream.first_chunk_at is None:
                     stream.first_chunk_at = now
+                    if stream.counts_for_window:
+                        window.first_chunk()
             elif kind == "message_created":
                 stream = self.unclaimed.pop(0)
                 stream.message_id = frame["assistant_message"]["id"]
@@ -140,8 +172,9 @@ class Client:
                         self.unclaimed.pop(0).terminal = frame
                         self.created.put_nowait(None)
 
-    async def send(self, tag: str, chunks: int, rate: float) -> Stream:
+    async def send(self, tag: str, chunks: int, rate: float, counts_for_window: bool = False) -> Stream:
         stream = Stream(tag)
+        stream.counts_for_window = counts_for_window
         if self.keep_text:
             stream.deltas = []
         self.unclaimed.append(stream)
@@ -202,20 +235,18 @@ async def sleep_until(t: float) -> None:
 async def streams_job(job: dict, go_wait) -> dict:
     """N streams at `rate`: ramp, steady window (no cancels), then cancels at random points."""
     n, rate, rng = job["clients"], job["rate"], random.Random(job.get("seed", 1))
-    window = Window()
+    window = Window(job)
     clients = await open_clients(job, window)
     go = await go_wait()
-    ramp_end = go + job["ramp"]
-    window.start, window.end = ramp_end + job["warmup"], ramp_end + job["warmup"] + job["window"]
-    cancel_end = window.end + job["cancel_phase"]
     streams: list[Stream] = []
     counter = itertools.count()
 
     async def run(i: int, client: Client) -> None:
         await sleep_until(go + job["ramp"] * i / n)
-        stream = await client.send(f"{job['name']}-{next(counter)}", 0, rate)
+        stream = await client.send(f"{job['name']}-{next(counter)}", 0, rate, counts_for_window=True)
         streams.append(stream)
-        await sleep_until(window.end)
+        await window.open_by(go + job["ramp"] + job["max_start"])
+        cancel_end = window.end + job["cancel_phase"]
         low, high = job["cancel_gap"]
         while job["cancel_phase"] > 0:
             await asyncio.sleep(rng.uniform(low, high))
@@ -227,11 +258,11 @@ async def streams_job(job: dict, go_wait) -> dict:
             streams.append(stream)
         stream.cancel_at = None  # the last cancel is a cleanup, not a sample
         await client.ws.send(json.dumps({"type": "cancel", "message_id": stream.message_id}))
-        await client.until_finished(stream)
+        await client.until_finished(stream, timeout=120)
 
     await asyncio.gather(*(run(i, client) for i, client in enumerate(clients)))
     result = {
-        "window": [window.start, window.end],
+        "window": [window.start, window.end], "all_started_before_window": window.all_started,
         "window_chars": sum(c.window_chars for c in clients),
         "window_wire": sum(c.window_wire for c in clients),
         "streams": [stream_record(s) for s in streams],
@@ -244,7 +275,7 @@ async def streams_job(job: dict, go_wait) -> dict:
 async def direct_job(job: dict, go_wait) -> dict:
     """The same clients reading the upstream themselves, over one httpx client."""
     n, rate = job["clients"], job["rate"]
-    window = Window()
+    window = Window(job)
     state = {"chars": 0}
     samples = []
     limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
@@ -252,8 +283,6 @@ async def direct_job(job: dict, go_wait) -> dict:
         warm = {"model": "bench", "stream": True, "messages": [{"role": "user", "content": prompt("warm", 1, 1000)}]}
         await client.post(job["upstream"] + "/chat/completions", json=warm)  # the client's first-use costs
         go = await go_wait()
-        window.start = go + job["ramp"] + job["warmup"]
-        window.end = window.start + job["window"]
 
         async def run(i: int) -> None:
             await sleep_until(go + job["ramp"] * i / n)
@@ -275,13 +304,15 @@ async def direct_job(job: dict, go_wait) -> dict:
                             if first is None:
                                 first = now
                                 samples.append(first - sent_at)
+                                window.first_chunk()
                             if now in window:
                                 state["chars"] += len(content)
                     if now >= window.end:
                         break
 
         await asyncio.gather(*(run(i) for i in range(n)))
-    return {"window": [window.start, window.end], "window_chars": state["chars"], "ttfc": samples}
+    return {"window": [window.start, window.end], "all_started_before_window": window.all_started,
+            "window_chars": state["chars"], "ttfc": samples}
 
 
 async def lengths_job(job: dict, go_wait) -> dict:
@@ -313,7 +344,7 @@ async def storm_job(job: dict, go_wait) -> dict:
     async def run(ci: int, client: Client) -> None:
         mine = []
         for k in range(job["sends"]):
-            stream = await client.send(f"storm-{ci}-{k}", rng.randint(1, 20), job["rate"])
+            stream = await client.send(f"storm-{ci}-{k}", rng.randint(5, 40), job["rate"])
             mine.append(stream)
             cancels.append(asyncio.get_running_loop().create_task(cancel_later(client, stream, rng.uniform(0, job["cancel_within"]))))
             await asyncio.sleep(rng.uniform(0, 0.02))

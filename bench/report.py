@@ -176,7 +176,7 @@ def storm(result: dict, db, idle: dict) -> dict:
 def leak(before: dict, after: dict, idle: dict, result: dict, config: dict, elapsed: float) -> dict:
     growth = [round(a - b, 2) for a, b in zip(after["rss_mb"], before["rss_mb"])]
     return {
-        "streams": config["total"], "seconds": round(elapsed, 1), "outcomes": result["outcomes"],
+        "streams": config["total"], "sockets": config["clients"], "chunks": config["chunks"], "rate": config["rate"], "seconds": round(elapsed, 1), "outcomes": result["outcomes"],
         "error_frames": result["error_count"], "rss_before_mb": before["rss_mb"], "rss_after_mb": after["rss_mb"],
         "rss_growth_mb": max(growth), "registry_count_after": idle["registry_count"],
         "upstream_active_replies_after": after["upstream"]["active_replies"],
@@ -404,7 +404,8 @@ def markdown(results: dict) -> str:
             f"{storm_['outcomes']}; {storm_['problem_count']} problems (events vs rows vs deltas); "
             f"{storm_['rows_unfinished']} rows left unfinished; registry after: {storm_['after']['registry_count']}.\n",
             "## Leaks\n",
-            f"{leak_['streams']} streams of 10 chunks in {leak_['seconds']} s, every other one cancelled at a random "
+            f"{leak_['streams']} streams of {leak_['chunks']} chunks at {leak_['rate']}/s over "
+            f"{leak_['sockets']} sockets, in {leak_['seconds']} s, every other one cancelled at a random "
             f"point: outcomes {leak_['outcomes']}. RSS {leak_['rss_before_mb']} -> {leak_['rss_after_mb']} MB "
             f"(growth {leak_['rss_growth_mb']} MB); registry after {leak_['registry_count_after']}; upstream replies "
             f"open after {leak_['upstream_active_replies_after']}, idle keep-alive connections "

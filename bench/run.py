@@ -30,20 +30,20 @@ from .jobs import run_job
 from .upstream import TOKEN
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROJECTS_PER_USER = 16
+PROJECTS_PER_USER = 24
 
 FULL = {
-    "levels": [1, 50, 200, 500], "window": 4.0, "warmup": 1.0, "cancel_phase": 5.0,
+    "levels": [1, 50, 200, 500], "window": 4.0, "warmup": 1.0, "cancel_phase": 5.0, "max_start": 30.0,
     "cancel_gap": {1: (0.1, 0.3), "default": (1.0, 5.0)}, "rate": 25,
     "lengths": [1000, 10000, 100000], "length_rate": 4000, "seed_lengths": [1000, 10000],
-    "storm": {"clients": 50, "sends": 20}, "leak": {"warm": 500, "total": 10000, "clients": 200, "chunks": 10, "rate": 50},
+    "storm": {"clients": 50, "sends": 20}, "leak": {"warm": 300, "total": 10000, "clients": 50, "chunks": 8, "rate": 5},
     "compare_at": 200, "profile": 6.0, "users": 520,
 }
 SMOKE = {
-    "levels": [1, 20], "direct_levels": [20], "window": 2.0, "warmup": 0.5, "cancel_phase": 2.0,
+    "levels": [1, 20], "direct_levels": [20], "window": 1.5, "warmup": 0.5, "cancel_phase": 2.0, "max_start": 10.0,
     "cancel_gap": {1: (0.05, 0.15), "default": (1.0, 2.0)}, "rate": 25,
     "lengths": [1000, 5000], "length_rate": 4000, "seed_lengths": [300],
-    "storm": {"clients": 10, "sends": 10}, "leak": {"warm": 30, "total": 150, "clients": 20, "chunks": 10, "rate": 50},
+    "storm": {"clients": 10, "sends": 8}, "leak": {"warm": 20, "total": 100, "clients": 20, "chunks": 8, "rate": 5},
     "compare_at": 20, "profile": 0, "users": 40,
 }
 
@@ -102,17 +102,12 @@ class Bench:
         c = self.config
         gap = c["cancel_gap"].get(streams, c["cancel_gap"]["default"])
         return self.job(kind, name, streams, ramp=min(2.0, streams / 200), warmup=c["warmup"], window=c["window"],
-                        cancel_phase=cancel_phase, cancel_gap=gap)
-
-    @staticmethod
-    def procs(streams: int) -> int:
-        return 2 if streams >= 200 else 1
+                        cancel_phase=cancel_phase, cancel_gap=gap, max_start=c["max_start"])
 
     async def measure(self, kind: str, name: str, streams: int, cancel_phase: float = 0.0, during=None) -> dict:
         self.upstream.reset()
         job = self.steady(kind, name, streams, cancel_phase)
-        run = await run_job(job, servers=self.servers, upstream=self.upstream, procs=self.procs(streams),
-                            sample=True, during=during)
+        run = await run_job(job, servers=self.servers, upstream=self.upstream, sample=True, during=during)
         closed = self.upstream.stats(closed=True)["closed"]
         return report.level(run, streams, self.workers, closed, TOKEN)
 
@@ -164,8 +159,7 @@ class Bench:
         seconds = self.config["profile"]
         raw = self.workdir / "profile.txt"
 
-        async def record(go: float) -> None:
-            start = go + min(2.0, streams / 200) + self.config["warmup"]
+        async def record(start: float) -> None:
             await self.spy(start - time.monotonic(), seconds, raw, RESULTS / "latest-profile.svg")
 
         saved = self.config["window"]
@@ -250,13 +244,11 @@ class Bench:
         log(f"start: upstream, {self.backend} database, {self.config['users']} users")
         self.start()
         try:
-            await self.phase_direct()
-            await self.phase_levels()
-            await self.phase_lengths()
-            await self.phase_storm()
-            await self.phase_leak()
-            await self.phase_frame0()
-            await self.phase_seed()
+            for phase in (self.phase_direct, self.phase_levels, self.phase_lengths, self.phase_storm,
+                          self.phase_leak, self.phase_frame0, self.phase_seed):
+                await phase()
+                # What is measured so far, should a later phase fail.
+                (self.workdir / "partial.json").write_text(json.dumps(self.results, default=str))
         finally:
             self.close()
         self.results["meta"] = meta(self.backend, self.workers, smoke, self.config, time.monotonic() - started)
@@ -286,8 +278,11 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a short run (under a minute) that asserts loose goals")
     parser.add_argument("--backend", choices=["sqlite", "pg"], default="sqlite")
+    parser.add_argument("--leak-streams", type=int, help="streams of the leak phase (10,000 in the full run)")
     args = parser.parse_args()
     config = json.loads(json.dumps(SMOKE if args.smoke else FULL))
+    if args.leak_streams:
+        config["leak"]["total"] = args.leak_streams
     if args.backend == "pg":
         config["levels"] = sorted(set(config["levels"]) | ({400} if not args.smoke else set()))
     config["cancel_gap"] = {int(k) if k != "default" else k: v for k, v in config["cancel_gap"].items()}
