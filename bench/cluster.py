@@ -14,6 +14,19 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where the servers' code is taken from: the work tree, or a snapshot of a commit
+# (`--server-tree REF`), so that edits made while a run goes on do not mix in.
+SERVER_ROOT = ROOT
+
+
+def snapshot(ref: str, folder: Path) -> Path:
+    """The tree of `ref` unpacked into `folder`, to run the servers from."""
+    global SERVER_ROOT
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    SERVER_ROOT = folder
+    return folder
 BIN = Path(sys.executable).parent
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_ADMIN = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -99,10 +112,10 @@ class Database:
             conn.execute(statement)
 
     def prepare(self, env: dict, users: int, projects: int) -> dict:
-        subprocess.run([str(BIN / "python"), "manage.py", "migrate", "--no-input"], cwd=ROOT, env=env, check=True,
+        subprocess.run([str(BIN / "python"), "manage.py", "migrate", "--no-input"], cwd=SERVER_ROOT, env=env, check=True,
                        capture_output=True)
         self.script(SQLITE_TRIGGERS if self.backend == "sqlite" else PG_TRIGGERS)
-        out = subprocess.run([str(BIN / "python"), "-m", "bench.setup_db", str(users), str(projects)], cwd=ROOT, env=env,
+        out = subprocess.run([str(BIN / "python"), "-m", "bench.setup_db", str(users), str(projects)], cwd=SERVER_ROOT, env=env,
                              check=True, capture_output=True, text=True).stdout
         return json.loads(out)
 
@@ -150,7 +163,7 @@ class Server:
         self.log = open(log_path, "a")
         self.process = subprocess.Popen(
             [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), app],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+            cwd=SERVER_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         self.ps = psutil.Process(self.process.pid)
         deadline = time.monotonic() + 30
         while True:
@@ -195,6 +208,7 @@ def server_env(db: Database, upstream: Upstream, prefix: str | None, **extra) ->
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("STREAM_", "LLM_", "REDIS_", "DATABASE_"))}
     env = {
         **inherited,
+        "PYTHONPATH": str(SERVER_ROOT),  # ahead of the editable install's path
         "DJANGO_SETTINGS_MODULE": "bench.settings", "DEBUG": "0", "SECRET_KEY": SECRET_KEY,
         "ALLOWED_HOSTS": "127.0.0.1,localhost", "DATABASE_URL": db.url,
         "LLM_PROVIDER": "openai", "LLM_BASE_URL": upstream.base_url, "LLM_API_KEY": "bench", "LLM_MODEL": "bench-model",

@@ -35,6 +35,10 @@ def prompt(tag: str, chunks: int, rate: float) -> str:
     return f"bench tag={tag} chunks={chunks} rate={rate:g}"
 
 
+class Refused(Exception):
+    """The server answered a `send` with an error frame (a cap, a service it deems down)."""
+
+
 class Window:
     """The measurement window: it opens `warmup` seconds after every stream has had its first
     chunk (so no stream start falls inside it), or at `latest` if some never do, and is
@@ -179,9 +183,9 @@ class Client:
             stream.deltas = []
         self.unclaimed.append(stream)
         await self.ws.send(json.dumps({"type": "send", "content": prompt(tag, chunks, rate)}))
-        created = await asyncio.wait_for(self.created.get(), 60)
+        created = await asyncio.wait_for(self.created.get(), 120)
         if created is None:
-            raise RuntimeError(f"send refused: {self.errors[-1]}")
+            raise Refused(self.errors[-1]["code"])
         return created
 
     async def cancel(self, stream: Stream) -> None:
@@ -241,9 +245,16 @@ async def streams_job(job: dict, go_wait) -> dict:
     streams: list[Stream] = []
     counter = itertools.count()
 
+    refused = []
+
     async def run(i: int, client: Client) -> None:
         await sleep_until(go + job["ramp"] * i / n)
-        stream = await client.send(f"{job['name']}-{next(counter)}", 0, rate, counts_for_window=True)
+        try:
+            stream = await client.send(f"{job['name']}-{next(counter)}", 0, rate, counts_for_window=True)
+        except Refused as error:
+            refused.append(str(error))
+            window.first_chunk()  # not one to wait for
+            return
         streams.append(stream)
         await window.open_by(go + job["ramp"] + job["max_start"])
         cancel_end = window.end + job["cancel_phase"]
@@ -254,7 +265,11 @@ async def streams_job(job: dict, go_wait) -> dict:
                 break
             await client.cancel(stream)
             await client.until_finished(stream)
-            stream = await client.send(f"{job['name']}-{next(counter)}", 0, rate)
+            try:
+                stream = await client.send(f"{job['name']}-{next(counter)}", 0, rate)
+            except Refused as error:
+                refused.append(str(error))
+                return
             streams.append(stream)
         stream.cancel_at = None  # the last cancel is a cleanup, not a sample
         await client.ws.send(json.dumps({"type": "cancel", "message_id": stream.message_id}))
@@ -266,7 +281,7 @@ async def streams_job(job: dict, go_wait) -> dict:
         "window_chars": sum(c.window_chars for c in clients),
         "window_wire": sum(c.window_wire for c in clients),
         "streams": [stream_record(s) for s in streams],
-        "errors": [e for c in clients for e in c.errors][:20],
+        "errors": [e for c in clients for e in c.errors][:20], "refused": refused,
     }
     await close_clients(clients)
     return result
@@ -344,7 +359,10 @@ async def storm_job(job: dict, go_wait) -> dict:
     async def run(ci: int, client: Client) -> None:
         mine = []
         for k in range(job["sends"]):
-            stream = await client.send(f"storm-{ci}-{k}", rng.randint(5, 40), job["rate"])
+            try:
+                stream = await client.send(f"storm-{ci}-{k}", rng.randint(5, 40), job["rate"])
+            except Refused:
+                continue  # counted with the error frames
             mine.append(stream)
             cancels.append(asyncio.get_running_loop().create_task(cancel_later(client, stream, rng.uniform(0, job["cancel_within"]))))
             await asyncio.sleep(rng.uniform(0, 0.02))
@@ -382,7 +400,11 @@ async def churn_job(job: dict, go_wait) -> dict:
 
     async def run(client: Client) -> None:
         while (i := next(counter)) < job["total"]:
-            stream = await client.send(f"churn-{i}", chunks, rate)
+            try:
+                stream = await client.send(f"churn-{i}", chunks, rate)
+            except Refused as error:
+                outcomes[f"refused ({error})"] = outcomes.get(f"refused ({error})", 0) + 1
+                continue
             if i % 2:
                 await asyncio.sleep(rng.uniform(0, chunks / rate))
                 await client.cancel(stream)

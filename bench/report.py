@@ -73,7 +73,8 @@ def level(run, streams: int, workers: int, closed: dict, token: str) -> dict:
         cancel_latency_ms=dist(cancel), upstream_close_ms=dist(close), upstream_not_closed=missing,
         ttfc_ms=dist([1000 * (s["first_chunk_at"] - s["sent_at"]) for s in records if s["first_chunk_at"]]),
         wire_bytes_ratio=round(result["window_wire"] / result["window_chars"], 2) if result["window_chars"] else None,
-        errors=result.get("errors", [])[:5],
+        errors=result.get("errors", [])[:5], refused=len(result.get("refused", [])),
+        refused_codes=dict(Counter(result.get("refused", []))),
         finished=[s["message_id"] for s in records if s["message_id"]],
     )
     return out
@@ -337,6 +338,7 @@ def markdown(results: dict) -> str:
     meta = results["meta"]
     compare = meta["config"]["compare_at"]
     out = [f"# Benchmark, {meta['mode']} run, {meta['date']}\n",
+           f"Server code: {meta.get('server_commit', '?')}. "
            f"Backend `{meta['backend']}` ({meta['workers']} daphne worker(s)); {meta['machine']}; Python "
            f"{meta['python']}; the whole run took {meta['elapsed_s']} s. Clients: {meta['users']}. Server: "
            f"{meta['server_settings']}. Workload: each stream at {meta['config']['rate']} chunks/s of 4 bytes "
@@ -360,7 +362,7 @@ def markdown(results: dict) -> str:
                      r2(lv["ttfc_ms"].get("p50") - d["ttfc_ms"]["p50"]) if d.get("ttfc_ms", {}).get("p50") is not None
                      and lv["ttfc_ms"].get("p50") is not None else None,
                      lv["wire_bytes_ratio"], (lv.get("db") or {}).get("updates_per_stream"),
-                     (lv.get("db") or {}).get("expected_updates")])
+                     (lv.get("db") or {}).get("expected_updates"), lv.get("refused", 0)])
     out += ["## Concurrency\n",
             "Cancel latency: client's `cancel` frame to its `stream_cancelled`. Upstream close: the same frame to the "
             "fake upstream seeing the connection closed. Relay/direct: chunks per second the clients received "
@@ -372,7 +374,7 @@ def markdown(results: dict) -> str:
                    "not closed", "relay chunks/s", "direct chunks/s", "relay ratio", "server CPU ms/chunk",
                    "server CPU (cores)", "upstream CPU (cores)", "load generator CPU (cores)",
                    "other processes (cores)", "TTFC p50 ms", "direct TTFC p50 ms",
-                   "TTFC added ms", "wire ratio", "DB updates/stream", "expected"], rows)]
+                   "TTFC added ms", "wire ratio", "DB updates/stream", "expected", "sends refused"], rows)]
     out += ["## Answer length\n",
             f"One answer at a time, upstream at {meta['config']['length_rate']} chunks/s.\n",
             table(["chunks", "duration s", "DB updates", "expected (duration/0.5 + 2)", "DB inserts", "frames",

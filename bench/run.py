@@ -25,12 +25,14 @@ import time
 from pathlib import Path
 
 from . import report
+from . import cluster
 from .cluster import BIN, Database, Server, Upstream, clear_redis_prefix, server_env
 from .jobs import run_job
 from .upstream import TOKEN
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROJECTS_PER_USER = 24
+SERVER_TREE = [""]  # the commit the servers run from, with --server-tree
 
 FULL = {
     "levels": [1, 50, 200, 500], "window": 4.0, "warmup": 1.0, "cancel_phase": 5.0, "max_start": 30.0,
@@ -262,8 +264,17 @@ def meta(backend: str, workers: int, smoke: bool, config: dict, elapsed: float) 
         cpu = platform.processor()
     import os
 
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=RESULTS.parent.parent, capture_output=True, text=True).stdout.strip()
+
+    if cluster.SERVER_ROOT != cluster.ROOT:
+        commit = f"{git('rev-parse', '--short', SERVER_TREE[0])} (a snapshot, --server-tree {SERVER_TREE[0]})"
+    else:
+        dirty = git("status", "--porcelain", "--", "chat", "streaming", "chatproj")
+        commit = git("rev-parse", "--short", "HEAD") + (" + uncommitted server changes (work tree)" if dirty else "")
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "server_commit": commit,
         "mode": "smoke" if smoke else "full", "backend": backend, "workers": workers,
         "machine": f"{os.cpu_count()} cores, {cpu}", "python": platform.python_version(),
         "elapsed_s": round(elapsed, 1), "config": config,
@@ -279,6 +290,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a short run (under a minute) that asserts loose goals")
     parser.add_argument("--backend", choices=["sqlite", "pg"], default="sqlite")
     parser.add_argument("--leak-streams", type=int, help="streams of the leak phase (10,000 in the full run)")
+    parser.add_argument("--server-tree", metavar="REF",
+                        help="run the servers from a snapshot of this commit instead of the work tree")
     args = parser.parse_args()
     config = json.loads(json.dumps(SMOKE if args.smoke else FULL))
     if args.leak_streams:
@@ -290,6 +303,10 @@ def main() -> None:
     workdir = RESULTS / "work"  # databases and daphne logs of the last run (not committed)
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(exist_ok=True)
+    if args.server_tree:
+        SERVER_TREE[0] = subprocess.run(["git", "rev-parse", args.server_tree], cwd=cluster.ROOT, check=True,
+                                        capture_output=True, text=True).stdout.strip()
+        cluster.snapshot(SERVER_TREE[0], workdir / "server")
     results = asyncio.run(Bench(config, args.backend, workdir).run(args.smoke))
     goals = report.goals(results, smoke=args.smoke)
     results["goals"] = goals
