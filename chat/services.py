@@ -193,25 +193,31 @@ def message_request_cancel(*, message_id: int, reason: str) -> Message:
 async def message_cancel(*, message: Message, reason: str, wait: float | None = None) -> dict:
     """The one way to stop an answer (socket, REST, admin, caps, sweeper).
 
-    Stores the request on the row, then stops the producing task: here at
-    once, in another live process through the layer (its next flush sees the
-    stored request even if that message is lost), and finalizes the row here
+    Stops the producing task here at once; otherwise stores the request on the
+    row and asks the producing process through the layer (its next flush sees
+    the stored request even if that message is lost), or finalizes the row here
     when no process produces it any more. The `stream_cancelled` event once
     the row is final; MessageAlreadyFinished when the answer ended first;
     CancelPending when another process has not finished it within `wait`.
     """
-    message = await database_sync_to_async(message_request_cancel)(message_id=message.pk, reason=reason)
     if registry.cancel(message.pk, reason):
+        # Produced here: stopped at once, with no database round trip before the stop.
         event = await registry.wait(message.pk) or await _finalize_here(message.pk, reason)
-    elif message.worker == WORKER_ID or _owner_is_gone(message):
-        event = await _finalize_here(message.pk, reason)
     else:
-        await bus.request(message.worker, {"type": "stream.cancel", "message_id": message.pk, "reason": reason})
-        event = await _wait_until_final(message.pk, CANCEL_WAIT if wait is None else wait)
-        if event is None:
-            raise CancelPending(message)
+        event = await _cancel_elsewhere(message=message, reason=reason, wait=CANCEL_WAIT if wait is None else wait)
     if event["type"] != "stream_cancelled":
         raise MessageAlreadyFinished(event)
+    return event
+
+
+async def _cancel_elsewhere(*, message: Message, reason: str, wait: float) -> dict:
+    message = await database_sync_to_async(message_request_cancel)(message_id=message.pk, reason=reason)
+    if message.worker == WORKER_ID or _owner_is_gone(message):
+        return await _finalize_here(message.pk, reason)
+    await bus.request(message.worker, {"type": "stream.cancel", "message_id": message.pk, "reason": reason})
+    event = await _wait_until_final(message.pk, wait)
+    if event is None:
+        raise CancelPending(message)
     return event
 
 
