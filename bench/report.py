@@ -229,7 +229,7 @@ def _plumbing(func: str, file: str) -> bool:
     return func == "<module>" or any(p in file for p in PLUMBING)
 
 
-def profile(raw: Path, streams: int) -> dict:
+def profile(raw: Path, streams: int, flamegraph: str) -> dict:
     self_time, inclusive, categories = Counter(), Counter(), Counter()
     total = 0
     for line in raw.read_text().splitlines():
@@ -250,7 +250,7 @@ def profile(raw: Path, streams: int) -> dict:
                 inclusive[f"{func} ({file})"] += n
     share = lambda c: [{"entry": k, "share": round(v / total, 3)} for k, v in c.most_common(15)]  # noqa: E731
     return {"streams": streams, "samples": total, "by_area": share(categories), "top_self": share(self_time),
-            "top_inclusive": share(inclusive), "flamegraph": "bench/results/latest-profile.svg"}
+            "top_inclusive": share(inclusive), "flamegraph": flamegraph}
 
 
 # -- goals -----------------------------------------------------------------------------------------

@@ -55,8 +55,8 @@ def log(text: str) -> None:
 
 
 class Bench:
-    def __init__(self, config: dict, backend: str, workdir: Path):
-        self.config, self.backend, self.workdir = config, backend, workdir
+    def __init__(self, config: dict, backend: str, workdir: Path, stem: str):
+        self.config, self.backend, self.workdir, self.stem = config, backend, workdir, stem
         self.workers = 2 if backend == "pg" else 1
         self.prefix = f"stopchat-bench-{secrets.token_hex(4)}" if backend == "pg" else None
         self.results: dict = {}
@@ -162,7 +162,7 @@ class Bench:
         raw = self.workdir / "profile.txt"
 
         async def record(start: float) -> None:
-            await self.spy(start - time.monotonic(), seconds, raw, RESULTS / "latest-profile.svg")
+            await self.spy(start - time.monotonic(), seconds, raw, RESULTS / f"{self.stem}-profile.svg")
 
         saved = self.config["window"]
         self.config["window"] = seconds + 1
@@ -170,7 +170,8 @@ class Bench:
             await self.measure("streams", f"prof{streams}", streams, 0.0, during=record)
         finally:
             self.config["window"] = saved
-        self.results["profile"] = report.profile(raw, streams) if raw.exists() else {"error": "py-spy produced nothing"}
+        self.results["profile"] = (report.profile(raw, streams, f"bench/results/{self.stem}-profile.svg") if raw.exists()
+                                   else {"error": "py-spy produced nothing"})
         await self.wait_idle()
 
     def config_flush(self) -> float:
@@ -216,7 +217,7 @@ class Bench:
         after = await self.snapshot()
         self.results["leak"] = report.leak(before, after, idle, run.result, leak, elapsed)
         if raw.exists():
-            self.results["profile_churn"] = report.profile(raw, leak["clients"])
+            self.results["profile_churn"] = report.profile(raw, leak["clients"], "")
 
     async def snapshot(self) -> dict:
         await self.wait_idle()
@@ -307,11 +308,11 @@ def main() -> None:
         SERVER_TREE[0] = subprocess.run(["git", "rev-parse", args.server_tree], cwd=cluster.ROOT, check=True,
                                         capture_output=True, text=True).stdout.strip()
         cluster.snapshot(SERVER_TREE[0], workdir / "server")
-    results = asyncio.run(Bench(config, args.backend, workdir).run(args.smoke))
+    stem = ("smoke" if args.smoke else "latest") + ("-pg" if args.backend == "pg" else "")
+    results = asyncio.run(Bench(config, args.backend, workdir, stem).run(args.smoke))
     goals = report.goals(results, smoke=args.smoke)
     results["goals"] = goals
-    stem = ("smoke" if args.smoke else "latest") + ("-pg" if args.backend == "pg" else "")
-    report.write(results, RESULTS, stem, plot=not args.smoke or True)
+    report.write(results, RESULTS, stem)
     failed = [g for g in goals if g["met"] is False]
     if args.smoke:
         for goal in goals:
