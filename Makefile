@@ -22,7 +22,7 @@ test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory bench-smoke
 
-# Benchmarks (bench/, README "Benchmarks"): the full run takes about 10 minutes and
+# Benchmarks (bench/, README "Benchmarks"): the full run takes about 16 minutes here and
 # writes bench/results/latest.{json,md} and latency.png; BACKEND=pg runs two workers
 # on the local PostgreSQL and Redis. The smoke run (under a minute) asserts loose goals.
 BACKEND ?= sqlite
