@@ -381,6 +381,9 @@ def markdown(results: dict) -> str:
                    "wire bytes", "content bytes", "wire ratio"],
                   [[r["chunks"], r["duration_s"], r["db_updates"], r["expected_updates"], r["db_inserts"], r["frames"],
                     r["wire_bytes"], r["content_bytes"], r["wire_bytes_ratio"]] for r in results["lengths"]])]
+    if "frame0" not in results or "seed" not in results:
+        out.append("## Baselines\n\nNot measured in this run (it stopped before the frame0 and seed phases).\n")
+        return "\n".join(out + _tail(results))
     real, f0, seed = results["levels"][compare], results["frame0"], results["seed"]
     out += [f"## Baselines at {compare} streams (steady window)\n",
             "`frame0`: the real server with STREAM_FRAME_INTERVAL=0 (a frame per upstream chunk). `seed`: "
@@ -400,6 +403,11 @@ def markdown(results: dict) -> str:
             table(["seed-style length", "duration s", "DB updates", "wire ratio", "wire bytes"],
                   [[r["chunks"], r["duration_s"], r["db_updates"], r["wire_bytes_ratio"], r["wire_bytes"]]
                    for r in seed.get("lengths", [])])]
+    return "\n".join(out + _tail(results))
+
+
+def _tail(results: dict) -> list[str]:
+    out = []
     storm_, leak_ = results["storm"], results["leak"]
     out += ["## Storm\n",
             f"{storm_['messages']} sends, each cancelled 0-300 ms after its `message_created`: outcomes "
@@ -430,7 +438,7 @@ def markdown(results: dict) -> str:
                 table(["area", "share"], [[e["entry"], e["share"]] for e in churn["by_area"]]),
                 table(["function (own time)", "share"], [[e["entry"], e["share"]] for e in churn["top_self"]]),
                 table(["function (including callees)", "share"], [[e["entry"], e["share"]] for e in churn["top_inclusive"]])]
-    return "\n".join(out)
+    return out
 
 
 def direct_for(direct: dict, streams: int) -> dict:

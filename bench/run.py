@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import datetime
 import itertools
+import os
 import json
 import platform
 import secrets
@@ -285,6 +286,20 @@ def meta(backend: str, workers: int, smoke: bool, config: dict, elapsed: float) 
     }
 
 
+def workdir_for(stem: str) -> Path:
+    """A folder of this run's own for its databases and daphne logs (not committed); those of
+    finished runs of the same kind are removed, never one of a run still going on."""
+    base = RESULTS / "work"
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.glob(f"{stem}-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    folder = base / f"{stem}-{os.getpid()}"
+    folder.mkdir()
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -301,14 +316,12 @@ def main() -> None:
         config["levels"] = sorted(set(config["levels"]) | ({400} if not args.smoke else set()))
     config["cancel_gap"] = {int(k) if k != "default" else k: v for k, v in config["cancel_gap"].items()}
     RESULTS.mkdir(exist_ok=True)
-    workdir = RESULTS / "work"  # databases and daphne logs of the last run (not committed)
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(exist_ok=True)
+    stem = ("smoke" if args.smoke else "latest") + ("-pg" if args.backend == "pg" else "")
+    workdir = workdir_for(stem)
     if args.server_tree:
         SERVER_TREE[0] = subprocess.run(["git", "rev-parse", args.server_tree], cwd=cluster.ROOT, check=True,
                                         capture_output=True, text=True).stdout.strip()
         cluster.snapshot(SERVER_TREE[0], workdir / "server")
-    stem = ("smoke" if args.smoke else "latest") + ("-pg" if args.backend == "pg" else "")
     results = asyncio.run(Bench(config, args.backend, workdir, stem).run(args.smoke))
     goals = report.goals(results, smoke=args.smoke)
     results["goals"] = goals
