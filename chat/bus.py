@@ -19,7 +19,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from streaming.registry import registry
-from streaming.relay import dump
+from streaming.relay import dump_terminal
 from streaming.worker import WORKER_ID
 
 from . import events
@@ -132,7 +132,7 @@ class Bus:
 
     def announce(self, event: dict) -> None:
         """Publish a terminal event to whoever waits on the message, in any process."""
-        self.send_group(message_group(event["message_id"]), event_message(event["message_id"], dump(event), True))
+        self.send_group(message_group(event["message_id"]), event_message(event["message_id"], dump_terminal(event), True))
 
     # -- listening: stop requests and watchers for this worker's streams ------------------
 
@@ -175,7 +175,7 @@ class Bus:
             if not registry.attach(message_id, watcher, message.get("after_seq", 0)):
                 row = await database_sync_to_async(Message.objects.get)(pk=message_id)
                 if row.is_finished:
-                    watcher.deliver(message_id, dump(events.terminal(row)), True)
+                    watcher.deliver(message_id, dump_terminal(events.terminal(row)), True)
         elif kind == "stream.unwatch":
             registry.detach(message_id, RemoteWatcher(message["channel"]), settings.STREAM_DISCONNECT_GRACE)
 

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.http import Http404
 
 from streaming.registry import registry
-from streaming.relay import dump
+from streaming.relay import dump, dump_terminal
 
 from . import events, selectors, services, streams
 from .bus import bus, message_group
@@ -80,7 +80,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _write(self):
         while True:
-            await self.send(text_data=events.fit_for_socket(await self.outbox.get()))
+            await self.send(text_data=await self.outbox.get())
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.project is None:
@@ -122,7 +122,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self._follow_elsewhere(message.pk)
             return
         if not was_watching:
-            self.push(event)  # watchers got it from the stream itself
+            self.outbox.put_nowait(dump_terminal(event))  # watchers got it from the stream itself
 
     async def on_resume(self, frame):
         message = await self._message(frame["message_id"])

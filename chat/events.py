@@ -1,17 +1,10 @@
 """The server → client events of PROTOCOL.md, built from rows."""
 
-import json
-
-from streaming.relay import dump
 from streaming.runner import TERMINAL_STATUS
 
 from .models import Message
 
-__all__ = ["TERMINAL_STATUS", "error", "fit_for_socket", "message_created", "message_dict", "terminal"]
-
-# daphne's default websocket_max_message_size (1 MiB) applies to what it sends too,
-# less room for the frame header.
-MAX_SOCKET_MESSAGE = 1024 * 1024 - 1024
+__all__ = ["TERMINAL_STATUS", "error", "message_created", "message_dict", "terminal"]
 
 
 def message_dict(message: Message) -> dict:
@@ -52,21 +45,3 @@ def error(code: str, detail: str, message_id=None) -> dict:
         event["message_id"] = message_id
     return event
 
-
-def fit_for_socket(text: str) -> str:
-    """A terminal event too large for one websocket message, sent without its text.
-
-    Only an answer over about 1 MiB gets here: its socket has received every delta
-    (chunk frames are split small by the relay), so the event keeps the marker in
-    `partial_content`, drops `content` and says `content_omitted`.
-    """
-    if len(text) * 4 <= MAX_SOCKET_MESSAGE or len(text.encode()) <= MAX_SOCKET_MESSAGE:
-        return text
-    event = json.loads(text)
-    if event.get("type") not in TERMINAL_STATUS:
-        return text
-    content = event.pop("content", "")
-    if "partial_content" in event:
-        event["partial_content"] = event["partial_content"][len(content):]
-    event["content_omitted"] = True
-    return dump(event)

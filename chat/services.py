@@ -176,6 +176,11 @@ def message_finalize(*, message_id: int, outcome: Outcome | None, content: str |
         won = Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(**changes)
         if won:
             log.info("message %s finalized: %s %s", message_id, outcome.status, outcome.reason or outcome.error_type)
+    if won and content is not None:
+        # The text is what was just written: not read back (an answer can be megabytes).
+        row = Message.objects.defer("content").get(pk=message_id)
+        row.content = content
+        return row, True
     return Message.objects.get(pk=message_id), bool(won)
 
 

@@ -10,7 +10,7 @@ from django.db import connections
 from streaming.batch import Batcher
 from streaming.providers import get_provider
 from streaming.registry import Stream, registry
-from streaming.relay import Relay, Watcher, dump
+from streaming.relay import Relay, Watcher, dump, dump_terminal
 from streaming.runner import Limits, Outcome, Runner
 
 from . import events, services
@@ -116,6 +116,6 @@ async def watch(*, message: Message, watcher: Watcher, after_seq: int) -> Messag
         return None
     message = await database_sync_to_async(Message.objects.get)(pk=message.pk)
     if message.is_finished:
-        watcher.deliver(message.pk, dump(events.terminal(message)), True)
+        watcher.deliver(message.pk, dump_terminal(events.terminal(message)), True)
         return None
     return message

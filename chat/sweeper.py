@@ -9,7 +9,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
-from streaming.relay import dump
+from streaming.relay import dump_terminal
 from streaming.runner import Outcome
 
 from . import events, selectors, services
@@ -94,6 +94,6 @@ async def _announce(terminal_events) -> None:
     layer = get_channel_layer()
     for event in terminal_events:
         try:
-            await layer.group_send(message_group(event["message_id"]), event_message(event["message_id"], dump(event), True))
+            await layer.group_send(message_group(event["message_id"]), event_message(event["message_id"], dump_terminal(event), True))
         except Exception as error:  # watchers then learn it on their next resume
             log.warning("could not announce the end of message %s: %s", event["message_id"], type(error).__name__)

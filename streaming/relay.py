@@ -11,7 +11,10 @@ import json
 from typing import Protocol
 
 
-# Even escaped six bytes a character, a frame stays under daphne's 1 MiB message limit.
+# daphne's default websocket_max_message_size (1 MiB) applies to what it sends too,
+# less room for the frame header.
+MAX_MESSAGE_BYTES = 1024 * 1024 - 1024
+# Even escaped six bytes a character, a frame stays under that limit.
 MAX_FRAME_CHARS = 128 * 1024
 
 
@@ -22,6 +25,26 @@ class Watcher(Protocol):
 
 def dump(event: dict) -> str:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def dump_terminal(event: dict) -> str:
+    """A terminal event as text for its watchers.
+
+    One too large for a websocket message goes without its text: `content` dropped,
+    `partial_content` holding only the marker, `content_omitted: true` (its watchers
+    have every delta; the row has the text). Decided from the length of the text where
+    it can be, so a long answer is not serialized whole only to be thrown away.
+    """
+    content = event.get("content") or ""
+    if 2 * len(content) <= MAX_MESSAGE_BYTES:  # content and partial_content, at least a byte a character
+        text = dump(event)
+        if len(text) * 4 <= MAX_MESSAGE_BYTES or len(text.encode()) <= MAX_MESSAGE_BYTES:
+            return text
+    slim = {key: value for key, value in event.items() if key != "content"}
+    if "partial_content" in slim:
+        slim["partial_content"] = slim["partial_content"][len(content):]
+    slim["content_omitted"] = True
+    return dump(slim)
 
 
 class Relay:
@@ -82,7 +105,7 @@ class Relay:
         """Send what is pending, then the terminal event, to every watcher; then let them go."""
         self.emit()
         self.finished = True
-        text = dump(event)
+        text = dump_terminal(event)
         for watcher in tuple(self.watchers):
             watcher.deliver(self.message_id, text, True)
         self.watchers.clear()

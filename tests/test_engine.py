@@ -1,11 +1,12 @@
 """The engine on its own: the registry lets go of every stream, the relay joins and replays frames."""
 
 import asyncio
+import json
 
 import pytest
 
 from streaming.registry import Registry, Stream
-from streaming.relay import Relay
+from streaming.relay import MAX_MESSAGE_BYTES, Relay, dump_terminal
 from tests.helpers import Inbox
 
 
@@ -87,6 +88,25 @@ async def test_it_replays_exactly_the_missed_frames_to_a_late_watcher():
     relay.add("e")
     assert late.chunks() == [(3, "c"), (4, "d"), (5, "e")]
     relay.close()
+
+
+@pytest.mark.parametrize("text, omitted", [
+    ("short answer", False),
+    ("a" * 400_000, False),  # twice in the event, still under 1 MiB
+    ("a" * 600_000, True),
+    ("\u00e9" * 300_000, True),  # 600k characters in the event, 1.2 MB of UTF-8
+    ("\u00e9" * 200_000, False),
+])
+def test_a_terminal_event_too_large_for_one_socket_message_goes_without_its_text(text, omitted):
+    event = {"type": "stream_cancelled", "message_id": 3, "content": text, "chunk_count": 9, "reason": "user",
+             "partial_content": text + "\n\n[cancelled]"}
+    sent = dump_terminal(event)
+    assert len(sent.encode()) <= MAX_MESSAGE_BYTES
+    if omitted:
+        assert json.loads(sent) == {"type": "stream_cancelled", "message_id": 3, "chunk_count": 9, "reason": "user",
+                                    "partial_content": "\n\n[cancelled]", "content_omitted": True}
+    else:
+        assert json.loads(sent) == event
 
 
 async def test_it_serves_flushes_queued_meanwhile_with_one_call_each_time():
