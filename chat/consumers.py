@@ -111,15 +111,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.watching.add(answer.pk)
 
     async def on_cancel(self, frame):
-        message = await self._message(frame["message_id"])
-        was_watching = message.pk in self.watching
+        message = await self._message_to_stop(frame["message_id"])
+        message_id = message.pk
+        was_watching = message_id in self.watching
         try:
             event = await services.message_cancel(message=message, reason=Message.CancelReason.USER)
         except services.MessageAlreadyFinished as finished:
-            raise FrameError("already_finished", f"Message {message.pk} is already {finished.status}.", message.pk) from None
+            raise FrameError("already_finished", f"Message {message_id} is already {finished.status}.", message_id) from None
         except services.CancelPending:
             if not was_watching:  # its terminal event reaches us when its process gets to it
-                await self._follow_elsewhere(message.pk)
+                await self._follow_elsewhere(message_id)
             return
         if not was_watching:
             self.outbox.put_nowait(dump_terminal(event))  # watchers got it from the stream itself
@@ -173,6 +174,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 return
             self.remote_seq[message_id] = seq
         self.deliver(message_id, message["text"], message["final"])
+
+    async def _message_to_stop(self, message_id: int) -> Message:
+        """A message of this socket's project. One produced here is checked against its
+        running stream and not read (no database round trip before a stop)."""
+        stream = registry.get(message_id)
+        if stream is not None and (stream.project_id, stream.user_id) == (self.project.pk, self.scope["user"].pk):
+            return Message(pk=message_id, project=self.project, role=Message.Role.ASSISTANT)
+        return await self._message(message_id)
 
     async def _message(self, message_id: int) -> Message:
         try:

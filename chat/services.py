@@ -6,7 +6,7 @@ import logging
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -15,7 +15,7 @@ from streaming.registry import registry
 from streaming.runner import Outcome
 from streaming.worker import WORKER_ID
 
-from . import events, selectors
+from . import events, selectors, writer
 from .bus import bus
 from .models import Message, Project, ProjectFile
 
@@ -147,14 +147,10 @@ def message_flush(*, message_id: int, text: str, chunk_count: int) -> str | None
     return row["cancel_requested_reason"] or Message.CancelReason.USER
 
 
-def message_flush_many(flushes: list[tuple[int, str, int]]) -> list[str | None]:
+def message_flush_many(*, flushes: list[tuple[int, str, int]]) -> list[str | None]:
     """Several streams' flushes (message id, new text, chunk count) in one transaction."""
-    try:
-        with transaction.atomic():
-            return [message_flush(message_id=m, text=t, chunk_count=c) for m, t, c in flushes]
-    except DatabaseError:
-        connection.close()  # reconnect next time (the database may have restarted)
-        raise
+    with transaction.atomic():
+        return [message_flush(message_id=m, text=t, chunk_count=c) for m, t, c in flushes]
 
 
 def message_finalize(*, message_id: int, outcome: Outcome | None, content: str | None = None,
@@ -209,14 +205,14 @@ async def message_cancel(*, message: Message, reason: str, wait: float | None = 
         # Produced here: stopped at once, with no database round trip before the stop.
         event = await registry.wait(message.pk) or await _finalize_here(message.pk, reason)
     else:
-        event = await _cancel_elsewhere(message=message, reason=reason, wait=CANCEL_WAIT if wait is None else wait)
+        event = await _cancel_elsewhere(message_id=message.pk, reason=reason, wait=CANCEL_WAIT if wait is None else wait)
     if event["type"] != "stream_cancelled":
         raise MessageAlreadyFinished(event)
     return event
 
 
-async def _cancel_elsewhere(*, message: Message, reason: str, wait: float) -> dict:
-    message = await database_sync_to_async(message_request_cancel)(message_id=message.pk, reason=reason)
+async def _cancel_elsewhere(*, message_id: int, reason: str, wait: float) -> dict:
+    message = await writer.run(message_request_cancel, message_id=message_id, reason=reason)
     if message.worker == WORKER_ID or _owner_is_gone(message):
         return await _finalize_here(message.pk, reason)
     await bus.request(message.worker, {"type": "stream.cancel", "message_id": message.pk, "reason": reason})
@@ -232,9 +228,7 @@ def _owner_is_gone(message: Message) -> bool:
 
 
 async def _finalize_here(message_id: int, reason: str) -> dict:
-    row, _ = await database_sync_to_async(message_finalize)(
-        message_id=message_id, outcome=Outcome(Message.Status.CANCELLED, reason=reason)
-    )
+    row, _ = await writer.run(message_finalize, message_id=message_id, outcome=Outcome(Message.Status.CANCELLED, reason=reason))
     event = events.terminal(row)
     bus.announce(event)
     return event

@@ -1,11 +1,7 @@
 """Glue between the chat models and the streaming engine: start an answer, watch one, store its row."""
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import connections
 
 from streaming.batch import Batcher
 from streaming.providers import get_provider
@@ -13,40 +9,31 @@ from streaming.registry import Stream, registry
 from streaming.relay import Relay, Watcher, dump, dump_terminal
 from streaming.runner import Limits, Outcome, Runner
 
-from . import events, services
+from . import events, services, writer
 from .bus import bus
 from .models import Message, Project
 
 
 class MessageStore:
-    """The runner's persistence, on the Message model.
-
-    Flushes are the one frequent write (every stream, every flush interval): they go
-    to a single writer thread that keeps its connection, and those queued meanwhile
-    are written together in one transaction. A connection per flush, as Django opens
-    under ASGI with CONN_MAX_AGE=0, cost more CPU than relaying the text.
-    """
+    """The runner's persistence, on the Message model, through the streams' database
+    lane (chat.writer). Flushes are the one frequent write (every stream, every flush
+    interval): those queued meanwhile are written together in one transaction."""
 
     def __init__(self):
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-flush")
         self._flushes = Batcher(self._flush_many)
 
     async def start(self, message_id: int) -> bool:
-        return await database_sync_to_async(services.message_start)(message_id=message_id)
+        return await writer.run(services.message_start, message_id=message_id)
 
     async def flush(self, message_id: int, text: str, chunk_count: int) -> str | None:
         return await self._flushes.submit((message_id, text, chunk_count))
 
     async def _flush_many(self, flushes):
-        return await asyncio.get_running_loop().run_in_executor(self._writer, services.message_flush_many, flushes)
-
-    async def close(self) -> None:
-        """Let go of the writer's connection (tests, before their database is dropped)."""
-        await asyncio.get_running_loop().run_in_executor(self._writer, connections.close_all)
+        return await writer.run(services.message_flush_many, flushes=flushes)
 
     async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int) -> dict:
-        row, _ = await database_sync_to_async(services.message_finalize)(
-            message_id=message_id, outcome=outcome, content=content, chunk_count=chunk_count
+        row, _ = await writer.run(
+            services.message_finalize, message_id=message_id, outcome=outcome, content=content, chunk_count=chunk_count
         )
         event = events.terminal(row)
         bus.announce(event)
@@ -72,8 +59,8 @@ async def answer_prompt(*, user, project: Project, content: str, include_context
         raise services.StreamUnavailable("The server cannot start answers right now (its message bus is down).")
     await _make_room_in_process()
     provider = get_provider()
-    user_message, answer, prompt, evict = await database_sync_to_async(services.chat_prompt_create)(
-        user=user, project=project, content=content, include_context=include_context,
+    user_message, answer, prompt, evict = await writer.run(
+        services.chat_prompt_create, user=user, project=project, content=content, include_context=include_context,
         context_files=context_files, provider=provider.name, model=provider.model,
     )
     for old in evict:

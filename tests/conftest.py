@@ -7,7 +7,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from chat.bus import bus
-from chat.streams import store
+from chat import writer
 from chat.models import Project
 from streaming.providers import aclose_clients
 from streaming.registry import registry
@@ -48,7 +48,7 @@ async def no_leaks():
     leaked = registry.stats()
     registry.cancel_all("shutdown")
     await bus.stop()
-    await store.close()
+    await writer.close()
     await aclose_clients()
     assert leaked == [], f"streams left running: {leaked}"
 

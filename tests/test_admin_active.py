@@ -98,22 +98,26 @@ def test_its_stop_button_only_answers_post(admin_client, orphan):
 
 
 @pytest.fixture
-def stop_unconfirmed(monkeypatch):
-    """The producing process is alive elsewhere and has not finalized the row in time."""
-    async def unconfirmed(*, message, reason):
-        raise services.CancelPending(message)
-
-    monkeypatch.setattr(services, "message_cancel", unconfirmed)
-
-
-def test_its_stop_button_says_when_another_process_has_not_confirmed_yet(admin_client, orphan, stop_unconfirmed):
-    response = admin_client.post(reverse("admin:chat_message_stop", args=[orphan.pk]), follow=True)
-    assert f"Stop of message {orphan.pk} requested; its server process has not confirmed it yet." in response.content.decode()
+def elsewhere(project, monkeypatch):
+    """A streaming row of another process that is alive (fresh heartbeat) but does not answer."""
+    monkeypatch.setattr(services, "CANCEL_WAIT", 0.3)
+    now = timezone.now()
+    return Message.objects.create(
+        project=project, role="assistant", status="streaming", content="so far", chunk_count=2,
+        started_at=now, last_chunk_at=now, worker="elsewhere:4242:1",
+    )
 
 
-def test_the_stop_action_counts_stops_not_confirmed_yet(admin_client, orphan, stop_unconfirmed):
+def test_its_stop_button_says_when_another_process_has_not_confirmed_yet(admin_client, elsewhere):
+    response = admin_client.post(reverse("admin:chat_message_stop", args=[elsewhere.pk]), follow=True)
+    assert f"Stop of message {elsewhere.pk} requested; its server process has not confirmed it yet." in response.content.decode()
+    row = Message.objects.get(pk=elsewhere.pk)
+    assert (row.status, row.cancel_requested_reason) == ("streaming", "user") and row.cancel_requested_at is not None
+
+
+def test_the_stop_action_counts_stops_not_confirmed_yet(admin_client, elsewhere):
     response = admin_client.post(reverse("admin:chat_message_changelist"), {
-        "action": "stop_streams", "_selected_action": [orphan.pk],
+        "action": "stop_streams", "_selected_action": [elsewhere.pk],
     }, follow=True)
     assert "Stopped 0 stream(s); 0 had already finished. 1 will stop when their server process sees the request." in (
         response.content.decode()
