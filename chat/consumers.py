@@ -52,6 +52,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.writer = asyncio.get_running_loop().create_task(self._write())
 
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Also when daphne cancels the consumer at shutdown without a disconnect:
+            # no task of this socket outlives it (one left waiting would be collected
+            # after its loop is gone).
+            await self._stop_tasks()
+
+    async def _stop_tasks(self) -> None:
+        tasks = [task for task in (getattr(self, "writer", None), getattr(self, "rewatch", None)) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def disconnect(self, code):
         for message_id in self.watching:
             registry.detach(message_id, self, settings.STREAM_DISCONNECT_GRACE)
@@ -65,9 +80,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.channel_layer.group_discard(group, self.channel_name)
             except Exception:  # the layer is away; its groups expire on their own
                 break
-        for task in (self.writer, self.rewatch):
-            if task is not None:
-                task.cancel()
+        await self._stop_tasks()
 
     # The engine's watcher interface: queue a serialized event, never block.
     def deliver(self, message_id: int, text: str, final: bool) -> None:

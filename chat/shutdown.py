@@ -8,12 +8,14 @@ handler, and only then is the reactor asked to stop.
 """
 
 import asyncio
+import atexit
 import logging
 import signal
 import sys
 
 from streaming.registry import registry
 
+from . import writer
 from .bus import bus
 
 log = logging.getLogger("chat.shutdown")
@@ -41,6 +43,8 @@ def _install_handlers(reactor) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, begin)
+    # Callbacks of callWhenRunning run before the loop does; callLater's, inside it.
+    reactor.callLater(0, lambda: atexit.register(_finish_abandoned_tasks, asyncio.get_running_loop()))
 
 
 async def _stop_streams_then(reactor) -> None:
@@ -50,7 +54,30 @@ async def _stop_streams_then(reactor) -> None:
         await registry.shutdown("shutdown", timeout=STREAMS_TIMEOUT)
         await bus.drain(timeout=2.0)
         await asyncio.sleep(0.2)  # the sockets' writers send the terminal events
+        await bus.stop()
+        await writer.close()
     except Exception:
         log.exception("shutdown of the streams failed")
     finally:
         reactor.stop()
+
+
+def _finish_abandoned_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """At exit, as asyncio.run does: cancel the tasks still pending and let them end.
+
+    Daphne stops its reactor with some applications still pending (a socket that closed
+    while it was stopping is handed its disconnect, but the loop never runs them again).
+    Left to the interpreter's final collection, their coroutines are closed after the
+    modules they need are gone, which crashes CPython 3.11 (a SIGSEGV at exit).
+    """
+    if loop.is_closed() or loop.is_running():
+        return
+    pending = asyncio.all_tasks(loop)
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    try:
+        loop.run_until_complete(asyncio.wait(pending, timeout=2.0))
+    except Exception:
+        log.exception("tasks left at exit could not be ended")
