@@ -7,11 +7,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
+
+from tests.processes import BIN, free_port, start_daphne, stop_daphne
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where the servers' code is taken from: the work tree, or a snapshot of a commit
@@ -27,7 +28,6 @@ def snapshot(ref: str, folder: Path) -> Path:
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     SERVER_ROOT = folder
     return folder
-BIN = Path(sys.executable).parent
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_ADMIN = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -54,14 +54,6 @@ def die_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Upstream:
@@ -161,20 +153,8 @@ class Server:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = open(log_path, "a")
-        self.process = subprocess.Popen(
-            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), app],
-            cwd=SERVER_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.process = start_daphne(app, self.port, env, SERVER_ROOT, self.log, timeout=30, preexec_fn=die_with_parent)
         self.ps = psutil.Process(self.process.pid)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://{self.address}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"daphne did not start; see {log_path}")
-            time.sleep(0.1)
 
     @property
     def pid(self) -> int:
@@ -191,13 +171,7 @@ class Server:
         return httpx.get(f"http://{self.address}{path}", cookies={"sessionid": session}, timeout=15).json()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_daphne(self.process, 20)
         self.log.close()
 
 

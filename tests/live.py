@@ -1,26 +1,21 @@
-"""A real daphne process for end-to-end tests, with a signed-in HTTP and websocket client."""
+"""A real daphne process for end-to-end tests, with a signed-in HTTP and websocket client,
+and the module fixtures that share them (and a fake upstream) between the tests of a module."""
 
 import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
+import pytest
 import websockets
 
+from tests.processes import BIN, free_port, log_tail, start_daphne, stop_daphne
+from tests.upstream import running_upstream
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def manage(env: dict, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -43,7 +38,7 @@ class LiveServer:
             "DEBUG": "1",
             **env,
         }
-        self.log = open(workdir / f"daphne-{self.port}.log", "w+")
+        self.log = open(workdir / f"daphne-{self.port}.log", "w")
         self.process = None
 
     def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -53,33 +48,16 @@ class LiveServer:
         if prepare:
             self.manage("migrate", "--no-input")
             self.manage("ensure_demo_user", "--username", "demo", "--password", "demo-password")
-        self.process = subprocess.Popen(
-            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "chatproj.asgi:application"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"daphne did not start: {self.output()}")
+        self.process = start_daphne("chatproj.asgi:application", self.port, self.env, ROOT, self.log, timeout=20)
+        return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process:
+            stop_daphne(self.process, 15)
         self.log.close()
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-4000:]
+        return log_tail(self.log.name)
 
 
 def sign_in(server: LiveServer, username="demo", password="demo-password") -> httpx.Client:
@@ -94,6 +72,11 @@ def sign_in(server: LiveServer, username="demo", password="demo-password") -> ht
     client.headers["X-CSRFToken"] = client.cookies["csrftoken"]
     client.headers["Referer"] = f"{server.url}/"
     return client
+
+
+def project_of(client: httpx.Client) -> int:
+    """The first project of a signed-in user (`ensure_demo_user` makes one with each user)."""
+    return client.get("/api/projects/").json()["results"][0]["id"]
 
 
 def open_socket(server: LiveServer, project_id: int, client: httpx.Client | None = None):
@@ -119,3 +102,31 @@ async def frames_until(ws, *types: str, timeout: float = 5.0) -> list[dict]:
 
 async def send_frame(ws, **frame) -> None:
     await ws.send(json.dumps(frame))
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+# A test module that defines a `server` fixture imports `client` and `project_id` from here;
+# a module or conftest makes its fake upstream with `upstream_fixture`.
+
+@pytest.fixture(scope="module")
+def client(server):
+    """`demo`, signed in to the module's `server` once for all its tests."""
+    signed_in = sign_in(server)
+    yield signed_in
+    signed_in.close()
+
+
+@pytest.fixture(scope="module")
+def project_id(client):
+    return project_of(client)
+
+
+def upstream_fixture(scope: str = "module"):
+    """A fixture that runs one fake upstream (tests/upstream.py) for a whole `scope`, so the daphne
+    processes started once for that scope can be pointed at it; it takes the name it is assigned to."""
+    @pytest.fixture(scope=scope)
+    def fake_upstream():
+        with running_upstream() as upstream:
+            yield upstream
+
+    return fake_upstream

@@ -7,14 +7,11 @@ import pytest
 import websockets
 
 from tests.helpers import TERMINAL
-from tests.live import LiveServer, frames_until, next_frame, open_socket, sign_in
-from tests.upstream import chat_reply, endless_reply, running_upstream
+from tests.live import LiveServer, frames_until, next_frame, open_socket, upstream_fixture
+from tests.live import client, project_id  # noqa: F401 (fixtures)
+from tests.upstream import chat_reply, endless_reply
 
-
-@pytest.fixture(scope="module")
-def upstream_server():
-    with running_upstream() as upstream:
-        yield upstream
+upstream_server = upstream_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +22,6 @@ def server(tmp_path_factory, upstream_server):
     }).start()
     yield live
     live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    signed_in = sign_in(server)
-    yield signed_in
-    signed_in.close()
-
-
-@pytest.fixture(scope="module")
-def project_id(client):
-    return client.get("/api/projects/").json()["results"][0]["id"]
 
 
 async def test_it_streams_and_stops_over_a_real_socket(server, client, project_id, upstream_server):

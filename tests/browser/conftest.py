@@ -12,8 +12,8 @@ import shutil
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.live import LiveServer
-from tests.upstream import chat_reply, running_upstream
+from tests.live import LiveServer, upstream_fixture
+from tests.upstream import chat_reply
 
 from .pages import ARTIFACTS
 from .proxy import TcpProxy
@@ -57,10 +57,7 @@ def browser():
         browser.close()
 
 
-@pytest.fixture(scope="package")
-def fake_upstream():
-    with running_upstream() as upstream:
-        yield upstream
+fake_upstream = upstream_fixture("package")
 
 
 @pytest.fixture(scope="package")

@@ -4,8 +4,8 @@ and (for the service faults) this machine's PostgreSQL and Redis as tests/multi 
 import pytest
 
 from tests.faults.support import GatedUpstream, prepare_database, start_live_server
+from tests.live import upstream_fixture
 from tests.multi.conftest import PROBLEM, layer_prefix, own_redis, pg_database  # noqa: F401 (fixtures)
-from tests.upstream import running_upstream
 
 needs_postgres_and_redis = pytest.mark.skipif(PROBLEM is not None, reason=f"needs PostgreSQL and Redis: {PROBLEM}")
 
@@ -31,10 +31,7 @@ def live_servers(tmp_path_factory, template_database):
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def module_upstream():
-    with running_upstream() as upstream:
-        yield upstream
+module_upstream = upstream_fixture("module")
 
 
 @pytest.fixture(scope="module")

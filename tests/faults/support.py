@@ -20,7 +20,7 @@ import httpx
 import websockets
 
 from tests.helpers import TERMINAL
-from tests.live import LiveServer, manage, sign_in
+from tests.live import LiveServer, manage, project_of, sign_in  # noqa: F401 (project_of, for the fault tests)
 from tests.upstream import FakeUpstream
 
 OTHER_USER = ("mallory", "pw-mallory-123")
@@ -109,10 +109,6 @@ def async_client(server: LiveServer, signed_in: httpx.Client) -> httpx.AsyncClie
     """An async HTTP client with the session, CSRF cookie and header of `signed_in`."""
     return httpx.AsyncClient(base_url=server.url, cookies=dict(signed_in.cookies.items()),
                              headers=dict(signed_in.headers), timeout=20)
-
-
-def project_of(client: httpx.Client) -> int:
-    return client.get("/api/projects/").json()["results"][0]["id"]
 
 
 def sign_in_other(server: LiveServer) -> httpx.Client:

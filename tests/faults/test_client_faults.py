@@ -33,7 +33,7 @@ from tests.faults.support import (
     SocketReader, active_streams, assert_no_streams_left, async_client, max_gap, project_of, sign_in_other,
     sqlite_row, sqlite_rows, start_answer, wait_until,
 )
-from tests.live import sign_in
+from tests.live import client, project_id  # noqa: F401 (fixtures)
 from tests.upstream import chat_reply, endless_reply
 
 GRACE = 2.0
@@ -47,18 +47,6 @@ def server(live_servers, module_upstream):
         STREAM_FLUSH_INTERVAL=0.1, STREAM_FRAME_INTERVAL=0.02, STREAM_DISCONNECT_GRACE=GRACE,
         STREAM_MAX_PER_USER=5,
     )
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    signed_in = sign_in(server)
-    yield signed_in
-    signed_in.close()
-
-
-@pytest.fixture(scope="module")
-def project_id(client):
-    return project_of(client)
 
 
 @pytest.fixture
