@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -243,7 +244,8 @@ def _chunk(data: bytes) -> bytes:
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls  # a server context: then it speaks HTTPS
         self.requests: list[RecordedRequest] = []
         self.base_url = ""
         self._queue: list[Reply] = []
@@ -297,9 +299,10 @@ class FakeUpstream:
 
     def _run(self, ready: threading.Event) -> None:
         self._loop = loop = asyncio.new_event_loop()
-        server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls))
         self._server = server
-        self.base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        scheme = "https" if self.tls else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
         ready.set()
         try:
             loop.run_forever()
@@ -374,8 +377,8 @@ class FakeUpstream:
 
 
 @contextmanager
-def running_upstream() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream().start()
+def running_upstream(tls: ssl.SSLContext | None = None) -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(tls).start()
     try:
         yield upstream
     finally:

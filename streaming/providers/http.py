@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import httpx
 
 from .base import ProviderError
+from .transport import upstream_client
 
 logger = logging.getLogger("streaming.providers")
 
@@ -48,11 +49,8 @@ def get_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None or client.is_closed:
-        client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-            # Every request passes its own timeout (settings may change at runtime).
-            timeout=None,
-        )
+        # Every request passes its own timeout (settings may change at runtime).
+        client = upstream_client(httpx.Limits(max_connections=1000, max_keepalive_connections=200))
         _clients[loop] = client
     return client
 

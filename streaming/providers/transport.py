@@ -1,0 +1,201 @@
+"""An httpcore network backend on asyncio's own transports, for the upstream streams.
+
+httpx reaches the network through httpcore's anyio backend, which pauses a socket's
+reading after every chunk and resumes it on the next read: an epoll re-registration
+per SSE event. With hundreds of streams each receiving an event every few tens of
+milliseconds, that was the largest single cost of the server's event loop (about a
+sixth of its samples at 200 streams). Here a socket stays registered and what arrives
+is buffered, reading paused only past a high-water mark, as asyncio's streams do.
+"""
+
+import asyncio
+import collections
+import ssl
+import urllib.request
+from typing import Any
+
+import httpcore
+import httpx
+
+HIGH_WATER = 256 * 1024  # buffered bytes past which the socket's reading is paused
+LOW_WATER = 64 * 1024
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self):
+        self.transport: asyncio.Transport | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.size = 0
+        self.eof = False
+        self.error: Exception | None = None
+        self.paused = False
+        self.waiter: asyncio.Future | None = None
+        self.drained: asyncio.Future | None = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data: bytes):
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self):
+        self.eof = True
+        self._wake()
+        return False  # then the transport closes itself
+
+    def connection_lost(self, exc):
+        self.eof = True
+        self.error = exc
+        self._wake()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def pause_writing(self):
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self):
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    def _wake(self):
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class AsyncioStream(httpcore.AsyncNetworkStream):
+    def __init__(self, transport: asyncio.Transport, protocol: _Protocol):
+        self._transport, self._protocol = transport, protocol
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        protocol = self._protocol
+        if not protocol.chunks:
+            if protocol.eof:
+                return self._at_eof()
+            protocol.waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await protocol.waiter
+            except TimeoutError:
+                raise httpcore.ReadTimeout("no data within the read timeout") from None
+            finally:
+                protocol.waiter = None
+            if not protocol.chunks:
+                return self._at_eof()
+        data = protocol.chunks.popleft()
+        if len(data) > max_bytes:
+            protocol.chunks.appendleft(data[max_bytes:])
+            data = data[:max_bytes]
+        protocol.size -= len(data)
+        if protocol.paused and protocol.size < LOW_WATER:
+            protocol.paused = False
+            self._transport.resume_reading()
+        return data
+
+    def _at_eof(self) -> bytes:
+        if self._protocol.error is not None:
+            raise httpcore.ReadError(str(self._protocol.error) or type(self._protocol.error).__name__)
+        return b""
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        if self._transport.is_closing():
+            raise httpcore.WriteError("the connection is closed")
+        self._transport.write(buffer)
+        drained = self._protocol.drained
+        if drained is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await drained
+            except TimeoutError:
+                raise httpcore.WriteTimeout("could not send within the write timeout") from None
+
+    async def aclose(self) -> None:
+        # At once: a TLS close() would first wait for the server's close_notify, and a
+        # connection closed here is done with (a stop, or an idle one leaving the pool).
+        self._transport.abort()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport = await loop.start_tls(self._transport, self._protocol, ssl_context,
+                                                 server_hostname=server_hostname)
+            self._protocol.transport = transport  # pause and resume the reading of the TLS layer
+        except TimeoutError:
+            self._transport.close()
+            raise httpcore.ConnectTimeout("the TLS handshake timed out") from None
+        except (OSError, ssl.SSLError) as error:
+            self._transport.close()
+            raise httpcore.ConnectError(str(error)) from error
+        return AsyncioStream(transport, self._protocol)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._transport.get_extra_info("ssl_object")
+        if info == "client_addr":
+            return self._transport.get_extra_info("sockname")
+        if info == "server_addr":
+            return self._transport.get_extra_info("peername")
+        if info == "socket":
+            return self._transport.get_extra_info("socket")
+        if info == "is_readable":  # an idle pooled connection the server closed, or wrote to
+            return self._protocol.eof or bool(self._protocol.chunks)
+        return None
+
+
+class AsyncioBackend(httpcore.AsyncNetworkBackend):
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options=None) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, protocol = await loop.create_connection(
+                    _Protocol, host, port, local_addr=(local_address, 0) if local_address else None)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"could not connect to {host}:{port} in time") from None
+        except OSError as error:
+            raise httpcore.ConnectError(str(error)) from error
+        sock = transport.get_extra_info("socket")
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        return AsyncioStream(transport, protocol)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options=None) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, protocol = await loop.create_unix_connection(_Protocol, path)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"could not connect to {path} in time") from None
+        except OSError as error:
+            raise httpcore.ConnectError(str(error)) from error
+        return AsyncioStream(transport, protocol)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def upstream_client(limits: httpx.Limits) -> httpx.AsyncClient:
+    """An httpx client whose direct connections use AsyncioBackend. With a proxy set in
+    the environment, httpx's own transports are kept (they know the proxy schemes)."""
+    if urllib.request.getproxies():
+        return httpx.AsyncClient(limits=limits, timeout=None)
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    # httpx builds its pool without a way to choose the network backend: the same pool, with this one.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=AsyncioBackend(),
+    )
+    return httpx.AsyncClient(transport=transport, timeout=None)
