@@ -52,12 +52,18 @@ async def test_it_streams_and_stops_over_a_real_socket(server, client, project_i
     assert stored["display_content"].endswith("*[Response cancelled by user]*")
 
 
-async def test_it_stops_over_real_http_with_the_rest_endpoint(server, client, project_id, upstream_server):
+async def start_endless_answer(ws, upstream_server, prompt: str) -> int:
+    """Send `prompt` for an answer that never ends; its id once its first chunk arrived."""
     upstream_server.enqueue(endless_reply(delay=0.005))
+    await ws.send(json.dumps({"type": "send", "content": prompt}))
+    answer_id = (await frames_until(ws, "message_created"))[-1]["assistant_message"]["id"]
+    await frames_until(ws, "message_chunk")
+    return answer_id
+
+
+async def test_it_stops_over_real_http_with_the_rest_endpoint(server, client, project_id, upstream_server):
     async with open_socket(server, project_id, client) as ws:
-        await ws.send(json.dumps({"type": "send", "content": "stop me over http"}))
-        answer_id = (await frames_until(ws, "message_created"))[-1]["assistant_message"]["id"]
-        await frames_until(ws, "message_chunk")
+        answer_id = await start_endless_answer(ws, upstream_server, "stop me over http")
         response = client.post(f"/api/projects/{project_id}/chat/cancel", json={"message_id": answer_id})
         cancelled = (await frames_until(ws, *TERMINAL))[-1]
     assert response.status_code == 200, response.text
@@ -79,11 +85,8 @@ async def test_it_serves_the_chat_page_to_a_signed_in_user(server, client, proje
 
 
 async def test_it_stops_a_running_stream_from_the_admin_action(server, client, project_id, upstream_server):
-    upstream_server.enqueue(endless_reply(delay=0.005))
     async with open_socket(server, project_id, client) as ws:
-        await ws.send(json.dumps({"type": "send", "content": "an operator will stop this"}))
-        answer_id = (await frames_until(ws, "message_created"))[-1]["assistant_message"]["id"]
-        await frames_until(ws, "message_chunk")
+        answer_id = await start_endless_answer(ws, upstream_server, "an operator will stop this")
         response = client.post("/admin/chat/message/", data={
             "action": "stop_streams", "_selected_action": [answer_id],
             "csrfmiddlewaretoken": client.cookies["csrftoken"],

@@ -39,17 +39,14 @@ def upstream():
 
 
 @pytest.fixture
-async def llm(settings, upstream):
-    """OpenAI provider settings pointing at the fake upstream; closes the client after."""
-    settings.LLM_PROVIDER = "openai"
-    settings.LLM_BASE_URL = upstream.base_url
-    settings.LLM_API_KEY = "sk-test"
-    settings.LLM_MODEL = "test-model"
+async def llm(settings, llm):
+    """The suite's fake-upstream settings (tests/conftest.py) with shorter time limits,
+    as settings to adjust; closes the client after."""
     settings.LLM_CONNECT_TIMEOUT = 1.0
     settings.LLM_READ_TIMEOUT = 2.0
     yield settings
     await aclose_clients()
-    await until(lambda: upstream.open_connections() == 0)
+    await until(lambda: llm.open_connections() == 0)
 
 
 async def until(condition, timeout=2.0):
@@ -92,8 +89,8 @@ async def test_it_sends_model_messages_stream_and_auth(llm, upstream):
     await run(get_provider())
     request = upstream.requests[0]
     assert request.path == "/v1/chat/completions"
-    assert request.json == {"model": "test-model", "messages": MESSAGES, "stream": True}
-    assert request.headers["authorization"] == "Bearer sk-test"
+    assert request.json == {"model": "fake-model", "messages": MESSAGES, "stream": True}
+    assert request.headers["authorization"] == "Bearer test-key"
 
     llm.LLM_API_KEY = ""
     await run(get_provider())
@@ -340,7 +337,7 @@ async def test_it_streams_anthropic_to_completion(claude, upstream):
     assert request.headers["x-api-key"] == "sk-ant-test"
     assert request.headers["anthropic-version"] == "2023-06-01"
     assert request.json == {
-        "model": "test-model",
+        "model": "fake-model",
         "max_tokens": 4096,
         "stream": True,
         "system": "Be brief.",
