@@ -9,8 +9,10 @@ The layer is never on the path of a socket in the owning process.
 """
 
 import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
@@ -60,6 +62,8 @@ class Bus:
         self._tasks: list[asyncio.Task] = []
         self._outbox: asyncio.Queue | None = None
         self._joined_at = float("-inf")  # loop time of the membership keeper's last success
+        self._channel: asyncio.Future | None = None  # the listener's channel name, once it has one
+        self._finals: dict[int, set[asyncio.Event]] = {}  # message id -> who waits for its terminal event
 
     def ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
@@ -67,6 +71,7 @@ class Bus:
             return
         self._loop = loop
         self._outbox = asyncio.Queue()
+        self._channel = loop.create_future()
         self._tasks = [loop.create_task(self._listen(), name="bus-listen"), loop.create_task(self._send_all(), name="bus-send")]
 
     async def stop(self) -> None:
@@ -147,11 +152,41 @@ class Bus:
         """Publish a terminal event to whoever waits on the message, in any process."""
         self.send_group(message_group(event["message_id"]), event_message(event["message_id"], dump_terminal(event), True))
 
+    @contextlib.asynccontextmanager
+    async def final_announced(self, message_id: int) -> AsyncIterator[asyncio.Event]:
+        """An event set when any process publishes the terminal event of `message_id`
+        while inside the block: enter it before asking another process to stop the
+        message, so its answer cannot come before this process listens for it. When
+        the layer is away the event is simply never set."""
+        self.ensure_started()
+        announced = asyncio.Event()
+        self._finals.setdefault(message_id, set()).add(announced)
+        layer, group = get_channel_layer(), message_group(message_id)
+        joined = False
+        try:
+            with contextlib.suppress(Exception):
+                channel = await asyncio.wait_for(asyncio.shield(self._channel), PROBE_TIMEOUT)
+                await asyncio.wait_for(layer.group_add(group, channel), PROBE_TIMEOUT)
+                joined = True
+            yield announced
+        finally:
+            waiting = self._finals.get(message_id, set())
+            waiting.discard(announced)
+            if not waiting:
+                self._finals.pop(message_id, None)
+            if joined and not waiting:
+                with contextlib.suppress(Exception):
+                    await layer.group_discard(group, channel)
+
     # -- listening: stop requests and watchers for this worker's streams ------------------
 
     async def _listen(self) -> None:
         layer = get_channel_layer()
-        channel = await layer.new_channel("worker.")
+        # With the default prefix, as the sockets' channels have: channels_redis reads every
+        # process-local channel through one blocking pop on one key per prefix, so a channel
+        # of another prefix waits until that pop returns (up to its 5 s timeout).
+        channel = await layer.new_channel()
+        self._channel.set_result(channel)
         keeper = asyncio.get_running_loop().create_task(self._keep_membership(layer, channel))
         try:
             while True:
@@ -190,6 +225,9 @@ class Bus:
                 row = await database_sync_to_async(Message.objects.get)(pk=message_id)
                 if row.is_finished:
                     watcher.deliver(message_id, dump_terminal(events.terminal(row)), True)
+        elif kind == "stream.event" and message.get("final"):
+            for announced in self._finals.get(message_id, ()):
+                announced.set()
         elif kind == "stream.unwatch":
             registry.detach(message_id, RemoteWatcher(message["channel"]), settings.STREAM_DISCONNECT_GRACE)
 

@@ -1,6 +1,7 @@
 """Write-side functions (keyword-only arguments), shared by pages, API, consumer, admin and commands."""
 
 import asyncio
+import contextlib
 import logging
 
 from channels.db import database_sync_to_async
@@ -20,6 +21,7 @@ from .models import Message, Project, ProjectFile
 log = logging.getLogger("chat.services")
 
 CANCEL_WAIT = 3.0  # how long a stop waits for another process to finalize the row
+FINAL_POLL = 0.25  # how often it reads the row meanwhile, should the announcement be lost
 
 
 class ServiceError(Exception):
@@ -223,11 +225,13 @@ async def message_cancel(*, message: Message, reason: str, wait: float | None = 
 
 
 async def _cancel_elsewhere(*, message_id: int, reason: str, wait: float) -> dict:
-    message = await writer.run(message_request_cancel, message_id=message_id, reason=reason)
-    if message.worker == WORKER_ID or _owner_is_gone(message):
-        return await _finalize_here(message.pk, reason)
-    await bus.request(message.worker, {"type": "stream.cancel", "message_id": message.pk, "reason": reason})
-    event = await _wait_until_final(message.pk, wait)
+    # Listening before the request is stored: its producer may see it at its next flush.
+    async with bus.final_announced(message_id) as announced:
+        message = await writer.run(message_request_cancel, message_id=message_id, reason=reason)
+        if message.worker == WORKER_ID or _owner_is_gone(message):
+            return await _finalize_here(message.pk, reason)
+        await bus.request(message.worker, {"type": "stream.cancel", "message_id": message.pk, "reason": reason})
+        event = await _wait_until_final(message.pk, wait, announced)
     if event is None:
         raise CancelPending(message)
     return event
@@ -245,13 +249,18 @@ async def _finalize_here(message_id: int, reason: str) -> dict:
     return event
 
 
-async def _wait_until_final(message_id: int, timeout: float) -> dict | None:
+async def _wait_until_final(message_id: int, timeout: float, announced: asyncio.Event) -> dict | None:
+    """The terminal event from the final row, read when the producing process announces
+    it (or every FINAL_POLL, should that announcement be lost); None after `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(min(FINAL_POLL, deadline - loop.time()), 0)):
+                await announced.wait()
         row = await database_sync_to_async(Message.objects.get)(pk=message_id)
         if row.is_finished:
             return events.terminal(row)
         if loop.time() >= deadline:
             return None
-        await asyncio.sleep(0.02)
+        announced.clear()

@@ -5,7 +5,7 @@ import time
 
 import pytest
 import redis
-from channels.layers import channel_layers
+from channels.layers import channel_layers, get_channel_layer
 
 from chat.bus import PROBE_TIMEOUT, Bus
 
@@ -47,3 +47,21 @@ async def test_a_slow_answer_is_not_taken_for_a_layer_that_is_down_but_a_stopped
         assert not ok and took < PROBE_TIMEOUT
     finally:
         await bus.stop()
+
+
+async def test_a_terminal_event_published_by_any_process_wakes_who_waits_for_it(redis_layer):
+    from chat.bus import event_message, message_group
+
+    bus, other_process = Bus(), Bus()
+    try:
+        async with bus.final_announced(42) as announced:
+            await other_process.request("nobody", {"type": "noop"})  # the layer answers
+            await get_channel_layer().group_send(message_group(42), event_message(42, "{}", True))
+            await asyncio.wait_for(announced.wait(), 2)
+        async with bus.final_announced(43) as announced:
+            await get_channel_layer().group_send(message_group(43), event_message(43, "{}", False))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(announced.wait(), 0.3)  # a chunk is not the end
+    finally:
+        await bus.stop()
+        await other_process.stop()

@@ -32,9 +32,11 @@ async def test_it_stops_on_worker_b_a_stream_running_on_worker_a(cluster, client
     on_a_event = rest[-1]
     assert on_a_event["type"] == on_b_event["type"] == "stream_cancelled"
     assert on_a_event["content"] == on_b_event["content"] == chunks_text(before + rest)
-    assert b_latency < 1.0, f"cross-worker stop took {b_latency * 1000:.0f} ms"
+    # Through the bus (about 30 ms here); the stored-request fallback alone would take up to a
+    # flush interval (0.2 s) plus a read of the row (every 0.25 s).
+    assert b_latency < 0.2, f"cross-worker stop took {b_latency * 1000:.0f} ms"
     cluster_upstream.wait_closed(request, timeout=2)
-    assert request.closed_early and request.closed_at - sent < 0.5
+    assert request.closed_early and request.closed_at - sent < 0.2
     assert cluster.sql("select status, cancel_reason from chat_message where id = %s", answer_id) == [("cancelled", "user")]
 
 
