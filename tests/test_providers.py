@@ -185,6 +185,18 @@ async def test_it_times_out_when_the_upstream_stalls(llm, upstream):
     assert upstream.requests[0].closed_early
 
 
+async def test_it_times_the_silence_after_the_last_event_not_the_whole_answer(llm, upstream):
+    llm.LLM_READ_TIMEOUT = 0.3
+    words = [f"w{i} " for i in range(8)]
+    upstream.enqueue(stall_reply(words, delay=0.1))  # events for 0.7 s, 0.1 s apart, then silence
+    started = time.monotonic()
+    deltas, error = await run(get_provider())
+    took = time.monotonic() - started
+    assert deltas == words
+    assert error.error_type == "timeout"
+    assert 0.7 + 0.3 - 0.05 < took < 0.7 + 0.3 + 0.4, f"timed out after {took:.2f}s"
+
+
 async def test_it_reports_a_reset_as_network_after_the_chunks_before_it(llm, upstream):
     upstream.enqueue(reset_reply(["one ", "two "]))
     deltas, error = await run(get_provider())

@@ -74,8 +74,8 @@ def _chat_pieces(chunks: list[str], delay: float, first_delay: float, done: bool
         yield 0.0, _sse("[DONE]"), False
 
 
-def _content_pieces(chunks: list[str]) -> Iterator[Piece]:
-    return (piece for piece in _chat_pieces(chunks, 0.0, 0.0, False) if piece[2])
+def _content_pieces(chunks: list[str], delay: float = 0.0) -> Iterator[Piece]:
+    return (piece for piece in _chat_pieces(chunks, delay, 0.0, False) if piece[2])
 
 
 def _sse_reply(body: Callable[[], Iterable[Piece]], end: str = "finish") -> Reply:
@@ -94,11 +94,11 @@ def endless_reply(delay: float = 0.01, word: str = "tok") -> Reply:
     return _sse_reply(pieces)
 
 
-def stall_reply(chunks: list[str], then_stall: bool = True) -> Reply:
-    """Send `chunks`, then go silent until the client hangs up (or finish normally)."""
+def stall_reply(chunks: list[str], then_stall: bool = True, delay: float = 0.0) -> Reply:
+    """Send `chunks` (`delay` apart), then go silent until the client hangs up (or finish normally)."""
     if not then_stall:
-        return chat_reply(chunks)
-    return _sse_reply(lambda: _content_pieces(chunks), end="stall")
+        return chat_reply(chunks, delay=delay)
+    return _sse_reply(lambda: _content_pieces(chunks, delay), end="stall")
 
 
 def reset_reply(chunks: list[str]) -> Reply:

@@ -71,6 +71,8 @@ class _Protocol(asyncio.Protocol):
 class AsyncioStream(httpcore.AsyncNetworkStream):
     def __init__(self, transport: asyncio.Transport, protocol: _Protocol):
         self._transport, self._protocol = transport, protocol
+        self._deadline = 0.0  # of the read waiting now
+        self._watchdog: asyncio.TimerHandle | None = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
@@ -78,11 +80,10 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             if protocol.eof:
                 return self._at_eof()
             protocol.waiter = asyncio.get_running_loop().create_future()
+            if timeout is not None:
+                self._time(timeout)
             try:
-                async with asyncio.timeout(timeout):
-                    await protocol.waiter
-            except TimeoutError:
-                raise httpcore.ReadTimeout("no data within the read timeout") from None
+                await protocol.waiter
             finally:
                 protocol.waiter = None
             if not protocol.chunks:
@@ -96,6 +97,25 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             protocol.paused = False
             self._transport.resume_reading()
         return data
+
+    def _time(self, timeout: float) -> None:
+        # One timer per stream, moved on lazily, rather than one per read: a stream
+        # waits for each of its many small events, and the deadline only moves later.
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._watchdog = None
+        waiter = self._protocol.waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next read sets its own deadline
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadline:
+            waiter.set_exception(httpcore.ReadTimeout("no data within the read timeout"))
+        else:
+            self._watchdog = loop.call_at(self._deadline, self._check_deadline)
 
     def _at_eof(self) -> bytes:
         if self._protocol.error is not None:
@@ -120,6 +140,9 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         # At once: a TLS close() would first wait for the server's close_notify, and a
         # connection closed here is done with (a stop, or an idle one leaving the pool).
         self._transport.abort()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
