@@ -75,6 +75,7 @@ def level(run, streams: int, workers: int, closed: dict, token: str) -> dict:
         wire_bytes_ratio=round(result["window_wire"] / result["window_chars"], 2) if result["window_chars"] else None,
         errors=result.get("errors", [])[:5], refused=len(result.get("refused", [])),
         refused_codes=dict(Counter(result.get("refused", []))),
+        not_stopped_within_120s=result.get("not_stopped_within_120s", 0),
         finished=[s["message_id"] for s in records if s["message_id"]],
     )
     return out
