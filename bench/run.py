@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import report
+from . import render, report
 from . import cluster
 from .cluster import BIN, Database, Server, Upstream, clear_redis_prefix, server_env
 from .jobs import run_job
@@ -325,7 +325,7 @@ def main() -> None:
     results = asyncio.run(Bench(config, args.backend, workdir, stem).run(args.smoke))
     goals = report.goals(results, smoke=args.smoke)
     results["goals"] = goals
-    report.write(results, RESULTS, stem)
+    render.write(results, RESULTS, stem)
     failed = [g for g in goals if g["met"] is False]
     if args.smoke:
         for goal in goals:
