@@ -196,6 +196,11 @@ class Client:
         async with self.done:
             await asyncio.wait_for(self.done.wait_for(lambda: stream.terminal is not None), timeout)
 
+    async def until_cancel_answered(self, stream: Stream, timeout: float = 10) -> None:
+        """A cancel that raced the end of its answer gets `already_finished` after the terminal event."""
+        async with self.done:
+            await asyncio.wait_for(self.done.wait_for(lambda: stream.cancel_reply is not None), timeout)
+
 
 async def open_clients(job: dict, window: Window, keep_text: bool = False) -> list[Client]:
     gate = asyncio.Semaphore(32)
@@ -413,6 +418,8 @@ async def churn_job(job: dict, go_wait) -> dict:
                 await asyncio.sleep(rng.uniform(0, chunks / rate))
                 await client.cancel(stream)
             await client.until_finished(stream)
+            if stream.cancel_at is not None and stream.terminal["type"] != "stream_cancelled":
+                await client.until_cancel_answered(stream)
             key = stream.terminal["type"] if stream.cancel_reply is None else f"{stream.terminal['type']} (cancel: {stream.cancel_reply})"
             outcomes[key] = outcomes.get(key, 0) + 1
             client.by_id.pop(stream.message_id, None)
