@@ -6,6 +6,7 @@ while chunks flow. Every frame to the client goes through one outbox, in order.
 """
 
 import asyncio
+import contextlib
 import json
 
 from channels.db import database_sync_to_async
@@ -25,6 +26,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 WATCH_RETRIES = 5
 WATCH_RETRY_AFTER = 1.0  # seconds without a frame before asking the producing worker again
+FOLLOW_CHECK = 2.0  # seconds between checks of the answers followed through the layer
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -35,8 +37,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.writer = None
         self.remote: dict[int, str] = {}  # message id -> worker of the answers followed through the layer
         self.remote_seq: dict[int, int] = {}  # message id -> last seq received through the layer
-        self.rewatch = None
-        self.followed_groups = []
+        self.background: set[asyncio.Task] = set()  # re-asks and the follower below
+        self.followed: set[int] = set()  # answers of other processes whose group this socket joined
+        self.follower = None
         user = self.scope.get("user")
         # Accept first: a close before the handshake would lose the close code.
         await self.accept()
@@ -62,7 +65,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._stop_tasks()
 
     async def _stop_tasks(self) -> None:
-        tasks = [task for task in (getattr(self, "writer", None), getattr(self, "rewatch", None)) if task is not None]
+        tasks = [task for task in (getattr(self, "writer", None), *getattr(self, "background", ())) if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -75,9 +78,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 unwatch = {"type": "stream.unwatch", "message_id": message_id, "channel": self.channel_name}
                 await bus.request(worker, unwatch)
         self.watching.clear()
-        for group in self.followed_groups:
+        for message_id in self.followed:
             try:
-                await self.channel_layer.group_discard(group, self.channel_name)
+                await self.channel_layer.group_discard(message_group(message_id), self.channel_name)
             except Exception:  # the layer is away; its groups expire on their own
                 break
         await self._stop_tasks()
@@ -150,7 +153,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not await self._ask_to_watch(message.pk):
             self.watching.discard(message.pk)
             raise FrameError("unavailable", "The server producing this answer cannot be reached.", message.pk)
-        self.rewatch = asyncio.get_running_loop().create_task(self._ask_again_if_silent(message.pk, frame["after_seq"]))
+        self._in_background(self._ask_again_if_silent(message.pk, frame["after_seq"]))
+
+    def _in_background(self, coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
 
     async def _ask_to_watch(self, message_id: int) -> bool:
         watch = {"type": "stream.watch", "message_id": message_id, "channel": self.channel_name,
@@ -174,7 +183,23 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except Exception:
             self.watching.discard(message_id)
             raise FrameError("unavailable", "The message bus is unavailable.", message_id) from None
-        self.followed_groups.append(message_group(message_id))
+        self.followed.add(message_id)
+        if self.follower is None or self.follower.done():
+            self.follower = self._in_background(self._keep_following())
+
+    async def _keep_following(self):
+        """While answers of other processes are followed: re-join their groups (a Redis
+        restart forgets them) and read their rows, so that an answer whose terminal event
+        was lost on the way (the layer was down) still ends on this socket, once."""
+        while self.followed & self.watching:
+            await asyncio.sleep(FOLLOW_CHECK)
+            pending = self.followed & self.watching
+            for message_id in pending:
+                with contextlib.suppress(Exception):
+                    await self.channel_layer.group_add(message_group(message_id), self.channel_name)
+            for row in await database_sync_to_async(selectors.finished_messages)(ids=list(pending)):
+                if row.pk in self.watching:  # the terminal event did not come first
+                    self.deliver(row.pk, dump_terminal(events.terminal(row)), True)
 
     async def stream_event(self, message):
         """An event of a stream followed through the layer; duplicates are dropped."""

@@ -28,6 +28,10 @@ def message_get(*, user, project_id, message_id) -> Message:
     )
 
 
+def finished_messages(*, ids: list[int]) -> list[Message]:
+    return list(Message.objects.filter(pk__in=ids).exclude(status__in=Message.ACTIVE_STATUSES))
+
+
 def project_file_list(*, project):
     return ProjectFile.objects.filter(project=project)
 

@@ -159,3 +159,32 @@ async def test_it_keeps_streaming_and_stopping_while_redis_is_down(tmp_path, pg_
         assert cluster.sql("select content from chat_message where id = %s", finishing) == [("".join(words),)]
         client_a.close()
         client_b.close()
+
+
+async def test_a_socket_following_another_workers_answer_gets_its_end_while_redis_is_down(
+        tmp_path, pg_database, layer_prefix, cluster_upstream, own_redis):
+    env = cluster_env(pg_database, layer_prefix, cluster_upstream, redis_url=own_redis.url)
+    with running_cluster(tmp_path, env) as cluster:
+        a, b = cluster.workers
+        client_a, client_b = sign_in(a), sign_in(b)
+        project_id = client_a.get("/api/projects/").json()["results"][0]["id"]
+        words = [f"w{i} " for i in range(60)]
+        async with open_socket(a, project_id, client_a) as on_a, open_socket(b, project_id, client_b) as on_b:
+            seen = len(cluster_upstream.requests)
+            cluster_upstream.enqueue(chat_reply(words, delay=0.05))
+            await send_frame(on_a, type="send", content="a long answer")
+            answer_id = (await frames_until(on_a, "message_created"))[-1]["assistant_message"]["id"]
+            await asyncio.to_thread(cluster_upstream.wait_for_requests, seen + 1)
+            await send_frame(on_b, type="resume", message_id=answer_id, after_seq=0)
+            await frames_until(on_b, "message_chunk")  # B follows the answer of A through Redis
+
+            own_redis.stop()  # the rest of its chunks and its terminal event cannot reach B
+            on_a_end = (await frames_until(on_a, *TERMINAL, timeout=10))[-1]
+            on_b_frames = await frames_until(on_b, *TERMINAL, timeout=6)  # from the row, within a check
+            own_redis.start()
+            with pytest.raises(asyncio.TimeoutError):
+                await frames_until(on_b, *TERMINAL, timeout=3)  # and once only
+        assert on_a_end["type"] == on_b_frames[-1]["type"] == "stream_complete"
+        assert on_b_frames[-1]["content"] == "".join(words)
+        client_a.close()
+        client_b.close()
