@@ -22,9 +22,10 @@ test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory bench-smoke
 
-# Benchmarks (bench/, README "Benchmarks"): the full run takes about 16 minutes here and
+# Benchmarks (bench/, README "Benchmarks"): the full run takes about 7 minutes here and
 # writes bench/results/latest.{json,md} and latency.png; BACKEND=pg runs two workers
-# on the local PostgreSQL and Redis. The smoke run (under a minute) asserts loose goals.
+# on the local PostgreSQL and Redis (about 12 minutes). The smoke run (under a minute)
+# asserts loose goals.
 BACKEND ?= sqlite
 
 bench: $(STAMP)
