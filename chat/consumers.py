@@ -194,12 +194,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         while self.followed & self.watching:
             await asyncio.sleep(FOLLOW_CHECK)
             pending = self.followed & self.watching
-            for message_id in pending:
-                with contextlib.suppress(Exception):
-                    await self.channel_layer.group_add(message_group(message_id), self.channel_name)
             for row in await database_sync_to_async(selectors.finished_messages)(ids=list(pending)):
                 if row.pk in self.watching:  # the terminal event did not come first
                     self.deliver(row.pk, dump_terminal(events.terminal(row)), True)
+            for message_id in self.followed & self.watching:
+                with contextlib.suppress(Exception):  # the layer is away: the rows still tell
+                    await asyncio.wait_for(
+                        self.channel_layer.group_add(message_group(message_id), self.channel_name), FOLLOW_CHECK)
 
     async def stream_event(self, message):
         """An event of a stream followed through the layer; duplicates are dropped."""
