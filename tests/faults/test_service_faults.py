@@ -35,7 +35,7 @@ from tests.faults.support import (
     SocketReader, assert_no_streams_left, max_gap, project_of, start_answer, wait_until,
 )
 from tests.live import sign_in
-from tests.multi.conftest import cluster_env, running_cluster
+from tests.multi.conftest import cluster_env, running_cluster, two_workers_on
 from tests.upstream import chat_reply, endless_reply
 
 pytestmark = needs_postgres_and_redis
@@ -100,12 +100,9 @@ async def restart(own_redis, workers) -> None:
 
 async def test_after_a_redis_restart_answers_complete_and_stops_from_another_worker_land(
         tmp_path, pg_database, layer_prefix, module_upstream, own_redis):
-    env = cluster_env(pg_database, layer_prefix, module_upstream, redis_url=own_redis.url)
     words = [f"s{i} " for i in range(60)]
-    with running_cluster(tmp_path, env) as cluster:
-        a, b = cluster.workers
-        client_a, client_b = sign_in(a), sign_in(b)
-        project_id = project_of(client_a)
+    with two_workers_on(own_redis, tmp_path, pg_database, layer_prefix, module_upstream) as (cluster, clients, project_id):
+        (a, b), (client_a, client_b) = cluster.workers, clients
         async with contextlib.AsyncExitStack() as stack:
             on_a = await SocketReader.open(stack, a, project_id, client_a)
             spanning = await start_answer(on_a, module_upstream, chat_reply(words, delay=0.05))
@@ -134,16 +131,12 @@ async def test_after_a_redis_restart_answers_complete_and_stops_from_another_wor
         await asyncio.to_thread(module_upstream.wait_closed, endless_request, 5)
         for client in (client_a, client_b):
             await assert_no_streams_left(client)
-            client.close()
 
 
 async def test_after_a_redis_restart_a_socket_on_another_worker_can_follow_an_answer(
         tmp_path, pg_database, layer_prefix, module_upstream, own_redis):
-    env = cluster_env(pg_database, layer_prefix, module_upstream, redis_url=own_redis.url)
-    with running_cluster(tmp_path, env) as cluster:
-        a, b = cluster.workers
-        client_a, client_b = sign_in(a), sign_in(b)
-        project_id = project_of(client_a)
+    with two_workers_on(own_redis, tmp_path, pg_database, layer_prefix, module_upstream) as (cluster, clients, project_id):
+        (a, b), (client_a, client_b) = cluster.workers, clients
         try:
             async with contextlib.AsyncExitStack() as stack:
                 on_a = await SocketReader.open(stack, a, project_id, client_a)
@@ -153,9 +146,9 @@ async def test_after_a_redis_restart_a_socket_on_another_worker_can_follow_an_an
                 await restart(own_redis, (a, b))
                 on_b = await SocketReader.open(stack, b, project_id, client_b)
                 await on_b.send(type="resume", message_id=endless, after_seq=0)
-                # Milliseconds on a healthy bus; after a Redis restart the first blocking receive of
-                # channels-redis on the producing worker can wait out its 5 s timeout first.
-                await on_b.chunk_count_at_least(endless, 3, timeout=8)
+                # Milliseconds on a healthy bus; after a Redis restart, until the producing worker
+                # has re-joined its group (every second) and the socket asked again (every second).
+                await on_b.chunk_count_at_least(endless, 3, timeout=5)
                 await on_b.send(type="cancel", message_id=endless)
                 stopped = await on_b.terminal(endless)
                 assert stopped["content"] == on_b.text(endless) == on_a.text(endless)
@@ -163,5 +156,3 @@ async def test_after_a_redis_restart_a_socket_on_another_worker_can_follow_an_an
         finally:
             await asyncio.to_thread(client_a.post, f"/api/projects/{project_id}/chat/cancel",
                                     json={"message_id": endless})
-            client_a.close()
-            client_b.close()

@@ -118,6 +118,19 @@ def running_cluster(workdir, env, workers=2):
         cluster.stop()
 
 
+@contextmanager
+def two_workers_on(redis, workdir, pg_database, layer_prefix, upstream):
+    """Two workers on `redis` (a redis-server of the test's own), a signed-in client for
+    each, and the demo user's project."""
+    with running_cluster(workdir, cluster_env(pg_database, layer_prefix, upstream, redis_url=redis.url)) as cluster:
+        clients = [sign_in(worker) for worker in cluster.workers]
+        try:
+            yield cluster, clients, clients[0].get("/api/projects/").json()["results"][0]["id"]
+        finally:
+            for client in clients:
+                client.close()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, pg_database, layer_prefix, cluster_upstream):
     with running_cluster(tmp_path_factory.mktemp("cluster"), cluster_env(pg_database, layer_prefix, cluster_upstream)) as running:

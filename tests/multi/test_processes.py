@@ -11,7 +11,7 @@ import websockets
 
 from tests.helpers import TERMINAL, chunks_text
 from tests.live import BIN, ROOT, frames_until, open_socket, send_frame, sign_in
-from tests.multi.conftest import cluster_env, running_cluster
+from tests.multi.conftest import cluster_env, running_cluster, two_workers_on
 from tests.upstream import chat_reply, endless_reply
 
 
@@ -123,11 +123,8 @@ def test_it_loops_until_sigterm_and_exits_cleanly(one_worker):
 
 
 async def test_it_keeps_streaming_and_stopping_while_redis_is_down(tmp_path, pg_database, layer_prefix, cluster_upstream, own_redis):
-    env = cluster_env(pg_database, layer_prefix, cluster_upstream, redis_url=own_redis.url)
-    with running_cluster(tmp_path, env) as cluster:
-        a, b = cluster.workers
-        client_a, client_b = sign_in(a), sign_in(b)
-        project_id = client_a.get("/api/projects/").json()["results"][0]["id"]
+    with two_workers_on(own_redis, tmp_path, pg_database, layer_prefix, cluster_upstream) as (cluster, clients, project_id):
+        (a, b), (client_a, client_b) = cluster.workers, clients
         words = [f"w{i} " for i in range(60)]
         async with open_socket(a, project_id, client_a) as on_a:
             seen = len(cluster_upstream.requests)
@@ -157,17 +154,12 @@ async def test_it_keeps_streaming_and_stopping_while_redis_is_down(tmp_path, pg_
         rows = dict(cluster.sql("select id, status from chat_message where id = any(%s)", [finishing, endless]))
         assert rows == {finishing: "complete", endless: "cancelled"}
         assert cluster.sql("select content from chat_message where id = %s", finishing) == [("".join(words),)]
-        client_a.close()
-        client_b.close()
 
 
 async def test_a_socket_following_another_workers_answer_gets_its_end_while_redis_is_down(
         tmp_path, pg_database, layer_prefix, cluster_upstream, own_redis):
-    env = cluster_env(pg_database, layer_prefix, cluster_upstream, redis_url=own_redis.url)
-    with running_cluster(tmp_path, env) as cluster:
-        a, b = cluster.workers
-        client_a, client_b = sign_in(a), sign_in(b)
-        project_id = client_a.get("/api/projects/").json()["results"][0]["id"]
+    with two_workers_on(own_redis, tmp_path, pg_database, layer_prefix, cluster_upstream) as (cluster, clients, project_id):
+        (a, b), (client_a, client_b) = cluster.workers, clients
         words = [f"w{i} " for i in range(60)]
         async with open_socket(a, project_id, client_a) as on_a, open_socket(b, project_id, client_b) as on_b:
             seen = len(cluster_upstream.requests)
@@ -186,5 +178,3 @@ async def test_a_socket_following_another_workers_answer_gets_its_end_while_redi
                 await frames_until(on_b, *TERMINAL, timeout=3)  # and once only
         assert on_a_end["type"] == on_b_frames[-1]["type"] == "stream_complete"
         assert on_b_frames[-1]["content"] == "".join(words)
-        client_a.close()
-        client_b.close()
