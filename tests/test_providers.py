@@ -1,5 +1,5 @@
-"""Providers against a real (fake) HTTP server: streaming, error mapping, and
-above all that a stop closes the upstream connection at once."""
+"""Providers against a real (fake) HTTP server: streaming and error mapping
+(tests/test_provider_stops.py: a stop closes the upstream connection)."""
 
 import asyncio
 import logging
@@ -10,69 +10,20 @@ import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from streaming.providers import ProviderError, aclose_clients, get_provider
+from streaming.providers import get_provider
 from streaming.providers.anthropic import AnthropicProvider
 from streaming.providers.demo import DemoProvider, compose_answer
 from streaming.providers.openai import OpenAIProvider
+from tests.provider_support import MESSAGES, llm, run, until  # noqa: F401 (llm: a fixture)
 from tests.upstream import (
     anthropic_reply,
     chat_reply,
-    endless_reply,
     error_reply,
     huge_event_reply,
     raw_reply,
     reset_reply,
-    running_upstream,
     stall_reply,
 )
-
-MESSAGES = [
-    {"role": "system", "content": "Be brief."},
-    {"role": "user", "content": "Say hello"},
-]
-
-
-@pytest.fixture
-def upstream():
-    with running_upstream() as server:
-        yield server
-
-
-@pytest.fixture
-async def llm(settings, llm):
-    """The suite's fake-upstream settings (tests/conftest.py) with shorter time limits,
-    as settings to adjust; closes the client after."""
-    settings.LLM_CONNECT_TIMEOUT = 1.0
-    settings.LLM_READ_TIMEOUT = 2.0
-    yield settings
-    await aclose_clients()
-    await until(lambda: llm.open_connections() == 0)
-
-
-async def until(condition, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
-async def run(provider, messages=MESSAGES):
-    """All deltas, and the ProviderError that ended the stream (or None)."""
-    deltas = []
-    try:
-        async for delta in provider.stream(messages):
-            deltas.append(delta)
-    except ProviderError as exc:
-        return deltas, exc
-    return deltas, None
-
-
-async def assert_closed_promptly(upstream, request, since):
-    await asyncio.to_thread(upstream.wait_closed, request, 2.0)
-    assert request.closed_early
-    assert request.closed_at - since < 0.1
-    await until(lambda: upstream.open_connections() == 0)
-
 
 # -- OpenAI-compatible ----------------------------------------------------------------
 
@@ -227,105 +178,6 @@ async def test_it_maps_unexpected_failures_to_unknown_without_leaking(llm, monke
         _, error = await run(get_provider())
     assert error.error_type == "unknown" and "secret" not in error.detail
     assert "secret internals" in caplog.text
-
-
-# -- Stopping closes the upstream request ----------------------------------------------
-
-
-async def test_it_closes_the_connection_when_the_task_is_cancelled(llm, upstream):
-    upstream.enqueue(endless_reply(delay=0.01))
-    got_some = asyncio.Event()
-
-    async def consume():
-        async for _ in get_provider().stream(MESSAGES):
-            if upstream.requests[0].chunks_sent >= 3:
-                got_some.set()
-
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(got_some.wait(), 2)
-    cancelled_at = time.monotonic()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await assert_closed_promptly(upstream, upstream.requests[0], cancelled_at)
-
-
-async def test_it_closes_the_connection_when_the_generator_is_closed(llm, upstream):
-    upstream.enqueue(endless_reply(delay=0.01))
-    stream = get_provider().stream(MESSAGES)
-    assert [await anext(stream) for _ in range(3)] == ["tok1 ", "tok2 ", "tok3 "]
-    closed_at = time.monotonic()
-    await stream.aclose()
-    await assert_closed_promptly(upstream, upstream.requests[0], closed_at)
-
-
-async def test_it_reuses_a_finished_connection_but_never_pools_a_stopped_one(llm, upstream):
-    assert await run(get_provider()) == (["Hello", " world"], None)
-    assert upstream.open_connections() == 1  # read to the end, back in the pool
-
-    upstream.enqueue(endless_reply(delay=0.01))
-    stream = get_provider().stream(MESSAGES)
-    await anext(stream)
-    assert upstream.open_connections() == 1  # the pooled connection was reused
-    await stream.aclose()
-    await asyncio.to_thread(upstream.wait_closed, upstream.requests[1])
-    assert upstream.open_connections() == 0
-
-
-@pytest.fixture
-def tls_upstream(tmp_path, monkeypatch):
-    """The fake upstream over HTTPS, with a certificate for 127.0.0.1 that the client trusts
-    through SSL_CERT_FILE (as an operator would point it at a private CA)."""
-    import datetime
-    import ipaddress
-    import ssl
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake upstream")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
-    with running_upstream(tls=context) as server:
-        yield server
-
-
-async def test_it_streams_over_tls_and_a_stop_closes_that_connection_too(llm, tls_upstream):
-    llm.LLM_BASE_URL = tls_upstream.base_url
-    assert tls_upstream.base_url.startswith("https://")
-    assert await run(get_provider()) == (["Hello", " world"], None)
-    assert tls_upstream.open_connections() == 1  # read to the end, back in the pool
-
-    tls_upstream.enqueue(endless_reply(delay=0.01))
-    stream = get_provider().stream(MESSAGES)
-    assert [await anext(stream) for _ in range(3)] == ["tok1 ", "tok2 ", "tok3 "]
-    assert tls_upstream.open_connections() == 1  # the pooled TLS connection was reused
-    closed_at = time.monotonic()
-    await stream.aclose()
-    await assert_closed_promptly(tls_upstream, tls_upstream.requests[1], closed_at)
-
-
-async def test_it_refuses_an_upstream_whose_certificate_it_does_not_trust(llm, tls_upstream, monkeypatch):
-    monkeypatch.delenv("SSL_CERT_FILE")
-    llm.LLM_BASE_URL = tls_upstream.base_url
-    deltas, error = await run(get_provider())
-    assert deltas == [] and error.error_type == "network"
-    assert tls_upstream.requests == []
 
 
 # -- Anthropic ------------------------------------------------------------------------
