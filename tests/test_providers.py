@@ -33,7 +33,9 @@ async def test_it_streams_openai_to_completion(llm, upstream):
     deltas, error = await run(get_provider())
     assert error is None
     assert deltas == ["Hel", "lo", ", world", "!"]
-    assert upstream.requests[0].finished and upstream.requests[0].chunks_sent == 4
+    # The upstream marks its reply finished once its last write returned, in its own thread.
+    await until(lambda: upstream.requests[0].finished)
+    assert upstream.requests[0].chunks_sent == 4
 
 
 async def test_it_sends_model_messages_stream_and_auth(llm, upstream):
