@@ -242,11 +242,19 @@ def _owner_is_gone(message: Message) -> bool:
     return (timezone.now() - heartbeat).total_seconds() > settings.STREAM_STALE_AFTER
 
 
-async def _finalize_here(message_id: int, reason: str) -> dict:
-    row, _ = await writer.run(message_finalize, message_id=message_id, outcome=Outcome(Message.Status.CANCELLED, reason=reason))
+async def message_finalize_announced(*, message_id: int, outcome: Outcome | None, content: str | None = None,
+                                     chunk_count: int | None = None) -> dict:
+    """`message_finalize` on the streams' database lane, then the terminal event of the
+    row as it ends up, published to whoever waits on the message in any process."""
+    row, _ = await writer.run(message_finalize, message_id=message_id, outcome=outcome, content=content,
+                              chunk_count=chunk_count)
     event = events.terminal(row)
     bus.announce(event)
     return event
+
+
+async def _finalize_here(message_id: int, reason: str) -> dict:
+    return await message_finalize_announced(message_id=message_id, outcome=Outcome(Message.Status.CANCELLED, reason=reason))
 
 
 async def _wait_until_final(message_id: int, timeout: float, announced: asyncio.Event) -> dict | None:

@@ -32,12 +32,9 @@ class MessageStore:
         return await writer.run(services.message_flush_many, flushes=flushes)
 
     async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int) -> dict:
-        row, _ = await writer.run(
-            services.message_finalize, message_id=message_id, outcome=outcome, content=content, chunk_count=chunk_count
+        return await services.message_finalize_announced(
+            message_id=message_id, outcome=outcome, content=content, chunk_count=chunk_count
         )
-        event = events.terminal(row)
-        bus.announce(event)
-        return event
 
 
 store = MessageStore()
