@@ -46,6 +46,11 @@ def event_message(message_id: int, text: str, final: bool) -> dict:
     return {"type": "stream.event", "message_id": message_id, "text": text, "final": final}
 
 
+def terminal_message(event: dict) -> dict:
+    """A terminal event as a layer message to its message's group."""
+    return event_message(event["message_id"], dump_terminal(event), True)
+
+
 @dataclass(frozen=True)
 class RemoteWatcher:
     """A socket of another process following a stream of this one, through its channel."""
@@ -150,7 +155,7 @@ class Bus:
 
     def announce(self, event: dict) -> None:
         """Publish a terminal event to whoever waits on the message, in any process."""
-        self.send_group(message_group(event["message_id"]), event_message(event["message_id"], dump_terminal(event), True))
+        self.send_group(message_group(event["message_id"]), terminal_message(event))
 
     @contextlib.asynccontextmanager
     async def final_announced(self, message_id: int) -> AsyncIterator[asyncio.Event]:

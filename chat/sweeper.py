@@ -9,11 +9,10 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
-from streaming.relay import dump_terminal
 from streaming.runner import Outcome
 
 from . import events, selectors, services
-from .bus import bus, event_message, message_group
+from .bus import bus, message_group, terminal_message
 from .models import Message
 
 log = logging.getLogger("chat.sweeper")
@@ -94,6 +93,6 @@ async def _announce(terminal_events) -> None:
     layer = get_channel_layer()
     for event in terminal_events:
         try:
-            await layer.group_send(message_group(event["message_id"]), event_message(event["message_id"], dump_terminal(event), True))
+            await layer.group_send(message_group(event["message_id"]), terminal_message(event))
         except Exception as error:  # watchers then learn it on their next resume
             log.warning("could not announce the end of message %s: %s", event["message_id"], type(error).__name__)
