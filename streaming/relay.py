@@ -85,18 +85,19 @@ class Relay:
         self.pending.clear()
         self._next_frame_at = self._loop.time() + self.frame_interval
         for start in range(0, len(joined), MAX_FRAME_CHARS):
-            delta = joined[start:start + MAX_FRAME_CHARS]
-            self.frames.append(delta)
-            text = dump({"type": "message_chunk", "message_id": self.message_id, "seq": len(self.frames), "delta": delta})
+            self.frames.append(joined[start:start + MAX_FRAME_CHARS])
+            text = self._chunk_text(len(self.frames))
             for watcher in tuple(self.watchers):
                 watcher.deliver(self.message_id, text, False)
 
     def attach(self, watcher: Watcher, after_seq: int = 0) -> None:
         """Replay the frames after `after_seq`, then follow live ones (no await in between: no gap)."""
         for seq in range(max(after_seq, 0) + 1, len(self.frames) + 1):
-            event = {"type": "message_chunk", "message_id": self.message_id, "seq": seq, "delta": self.frames[seq - 1]}
-            watcher.deliver(self.message_id, dump(event), False)
+            watcher.deliver(self.message_id, self._chunk_text(seq), False)
         self.watchers.add(watcher)
+
+    def _chunk_text(self, seq: int) -> str:
+        return dump({"type": "message_chunk", "message_id": self.message_id, "seq": seq, "delta": self.frames[seq - 1]})
 
     def detach(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
