@@ -177,34 +177,31 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options=None) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_connection(
-                    _Protocol, host, port, local_addr=(local_address, 0) if local_address else None)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"could not connect to {host}:{port} in time") from None
-        except OSError as error:
-            raise httpcore.ConnectError(str(error)) from error
-        sock = transport.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return AsyncioStream(transport, protocol)
+        connecting = asyncio.get_running_loop().create_connection(
+            _Protocol, host, port, local_addr=(local_address, 0) if local_address else None)
+        return await _connected(connecting, f"{host}:{port}", timeout, socket_options)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options=None) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_unix_connection(_Protocol, path)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"could not connect to {path} in time") from None
-        except OSError as error:
-            raise httpcore.ConnectError(str(error)) from error
-        return AsyncioStream(transport, protocol)
+        connecting = asyncio.get_running_loop().create_unix_connection(_Protocol, path)
+        return await _connected(connecting, path, timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connected(connecting, where: str, timeout: float | None, socket_options) -> AsyncioStream:
+    try:
+        async with asyncio.timeout(timeout):
+            transport, protocol = await connecting
+    except TimeoutError:
+        raise httpcore.ConnectTimeout(f"could not connect to {where} in time") from None
+    except OSError as error:
+        raise httpcore.ConnectError(str(error)) from error
+    sock = transport.get_extra_info("socket")
+    for option in socket_options or ():
+        sock.setsockopt(*option)
+    return AsyncioStream(transport, protocol)
 
 
 def upstream_client(limits: httpx.Limits) -> httpx.AsyncClient:
