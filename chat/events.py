@@ -44,4 +44,3 @@ def error(code: str, detail: str, message_id=None) -> dict:
     if message_id is not None:
         event["message_id"] = message_id
     return event
-
