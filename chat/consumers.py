@@ -8,9 +8,10 @@ while chunks flow. Every frame to the client goes through one outbox, in order.
 import asyncio
 import contextlib
 import json
+import logging
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
 
@@ -21,6 +22,8 @@ from . import events, selectors, services, streams
 from .bus import bus, message_group
 from .frames import FrameError, parse_frame
 from .models import Message
+
+log = logging.getLogger("chat.consumers")
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -106,6 +109,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await getattr(self, f"on_{frame['type']}")(frame)
         except FrameError as error:
             self.push(events.error(error.code, error.detail, error.message_id))
+        except Exception:
+            # A bug or a backing service gone: this socket and the others keep working.
+            log.exception("a frame could not be handled")
+            self.push(events.error("unavailable", "The server could not handle this request; please try again."))
 
     async def on_ping(self, frame):
         self.push({"type": "pong"})
@@ -229,3 +236,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
         except Message.DoesNotExist:
             raise FrameError("not_found", f"No message {message_id} in this project.", message_id) from None
+
+
+class NoRouteConsumer(AsyncWebsocketConsumer):
+    """Any other websocket path: closed as not found (the router would raise and log a traceback)."""
+
+    async def connect(self):
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)

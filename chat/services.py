@@ -15,6 +15,7 @@ from streaming.runner import Outcome
 from streaming.worker import WORKER_ID
 
 from . import events, selectors, writer
+from .frames import names_list
 from .bus import bus
 from .models import Message, Project, ProjectFile
 
@@ -118,7 +119,7 @@ def _context_files(*, project, include_context, names):
     by_name = {f.name: f for f in files}
     missing = [name for name in names if name not in by_name]
     if missing:
-        raise ServiceError(f"No such project file: {', '.join(missing)}")
+        raise ServiceError(f"No such project file: {names_list(missing)}.")
     return [by_name[name] for name in dict.fromkeys(names)]
 
 

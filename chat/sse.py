@@ -5,7 +5,7 @@ thread for as long as an answer streams.
 """
 
 import asyncio
-import json
+import logging
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -14,10 +14,11 @@ from django.http import Http404, JsonResponse, StreamingHttpResponse
 from streaming.registry import registry
 
 from . import selectors, services, streams
-from .frames import FrameError, parse_frame
+from .frames import FrameError, parse_send_body
+
+log = logging.getLogger("chat.sse")
 
 KEEP_ALIVE_AFTER = 15.0  # seconds of silence before a comment line, so proxies keep the connection
-CAMEL_CASE_FIELDS = {"includeContext": "include_context", "contextFiles": "context_files", "clientId": "client_id"}
 
 
 class QueueWatcher:
@@ -46,7 +47,7 @@ async def chat_stream(request, project_id):
     except Http404:
         return JsonResponse({"detail": "Not found."}, status=404)
     try:
-        frame = _send_frame(request.body)
+        frame = parse_send_body(request.body)
     except FrameError as error:
         return _error(error.code, error.detail, 400)
     try:
@@ -57,23 +58,13 @@ async def chat_stream(request, project_id):
         return _error("unavailable", str(error), 503)
     except services.ServiceError as error:
         return _error("validation", str(error), 400)
+    except Exception:
+        log.exception("a send over SSE could not be handled")
+        return _error("unavailable", "The server could not handle this request; please try again.", 503)
     response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the answer back
     return response
-
-
-def _send_frame(raw: bytes) -> dict:
-    try:
-        fields = json.loads(raw)
-    except ValueError:
-        raise FrameError("bad_frame", "The body is not valid JSON.") from None
-    if not isinstance(fields, dict):
-        raise FrameError("bad_frame", "The body is a JSON object.")
-    for camel, snake in CAMEL_CASE_FIELDS.items():
-        if camel in fields:
-            fields.setdefault(snake, fields.pop(camel))
-    return parse_frame(json.dumps({**fields, "type": "send"}))
 
 
 def _error(code: str, detail: str, status: int) -> JsonResponse:

@@ -10,13 +10,14 @@ django_asgi_app = get_asgi_application()  # sets Django up before the app module
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
-from chat.consumers import ChatConsumer  # noqa: E402
+from chat.consumers import ChatConsumer, NoRouteConsumer  # noqa: E402
 from chat.shutdown import install_daphne_shutdown  # noqa: E402
 
 websocket_urlpatterns = [
     path("ws/projects/<int:project_id>/chat/", ChatConsumer.as_asgi()),
+    re_path(r"", NoRouteConsumer.as_asgi()),
 ]
 
 install_daphne_shutdown()
