@@ -9,11 +9,11 @@ django_asgi_app = get_asgi_application()  # sets Django up before the app module
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
 from chat.consumers import ChatConsumer, NoRouteConsumer  # noqa: E402
 from chat.shutdown import install_daphne_shutdown  # noqa: E402
+from chatproj.origin import SameOriginValidator  # noqa: E402
 
 websocket_urlpatterns = [
     path("ws/projects/<int:project_id>/chat/", ChatConsumer.as_asgi()),
@@ -25,6 +25,6 @@ install_daphne_shutdown()
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -85,8 +85,8 @@ async def connect():
 
     opened = []
 
-    async def open_socket(project, user=None, origin=ORIGIN):
-        headers = [(b"origin", origin.encode())] if origin else []
+    async def open_socket(project, user=None, origin=ORIGIN, host="localhost"):
+        headers = [(b"host", host.encode())] + ([(b"origin", origin.encode())] if origin else [])
         if user is not None:
             headers.append((b"cookie", cookie_header(await database_sync_to_async(session_cookies)(user))))
         communicator = WebsocketCommunicator(application, f"/ws/projects/{project.pk}/chat/", headers=headers)

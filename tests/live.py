@@ -79,8 +79,8 @@ def project_of(client: httpx.Client) -> int:
     return client.get("/api/projects/").json()["results"][0]["id"]
 
 
-def open_socket(server: LiveServer, project_id: int, client: httpx.Client | None = None):
-    headers = {"Origin": server.url}
+def open_socket(server: LiveServer, project_id: int, client: httpx.Client | None = None, origin: str | None = None):
+    headers = {"Origin": origin or server.url}
     if client is not None:
         headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
     return websockets.connect(

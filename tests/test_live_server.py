@@ -78,6 +78,16 @@ async def test_it_closes_an_anonymous_socket_with_4401(server, project_id):
     assert closed.value.rcvd.code == 4401
 
 
+async def test_it_refuses_a_socket_from_a_page_on_another_port_of_the_same_host(server, client, project_id):
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with open_socket(server, project_id, client, origin=f"http://127.0.0.1:{server.port + 1}"):
+            pass
+    assert refused.value.response.status_code == 403
+    async with open_socket(server, project_id, client, origin=f"http://127.0.0.1:{server.port}") as ws:
+        await ws.send(json.dumps({"type": "ping"}))
+        assert (await next_frame(ws))["type"] == "pong"
+
+
 async def test_it_serves_the_chat_page_to_a_signed_in_user(server, client, project_id):
     page = client.get(f"/projects/{project_id}/")
     assert page.status_code == 200 and "chat.js" in page.text

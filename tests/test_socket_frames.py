@@ -42,6 +42,26 @@ async def test_it_refuses_a_socket_without_an_origin(connect, project, user):
     assert not ws.accepted
 
 
+@pytest.mark.parametrize("origin, host, accepted", [
+    ("http://localhost:9999", "localhost", False),  # same host, another port
+    ("http://localhost:9999", "localhost:8000", False),
+    ("http://localhost:8000", "localhost:8000", True),
+    ("http://localhost", "localhost:80", True),
+    ("https://localhost", "localhost", True),
+    ("https://localhost", "localhost:80", False),
+    ("http://127.0.0.1:8000", "localhost:8000", False),  # another host name, though the same machine
+    ("http://evil.example:8000", "evil.example:8000", False),  # not an allowed host
+    ("null", "localhost", False),
+    ("http://localhost:notaport", "localhost", False),
+    ("http://trusted.example:3000", "localhost", True),  # listed in CSRF_TRUSTED_ORIGINS
+])
+async def test_it_accepts_only_an_origin_on_the_host_and_port_it_is_served_on(connect, project, user, settings,
+                                                                           origin, host, accepted):
+    settings.CSRF_TRUSTED_ORIGINS = ["http://trusted.example:3000"]
+    ws = await connect(project, user, origin=origin, host=host)
+    assert ws.accepted is accepted
+
+
 async def test_it_answers_ping_with_pong(connect, project, user):
     ws = await connect(project, user)
     await ws.send_json_to({"type": "ping"})
