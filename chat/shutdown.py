@@ -13,6 +13,8 @@ import logging
 import signal
 import sys
 
+from channels.layers import get_channel_layer
+
 from streaming.registry import registry
 
 from . import writer
@@ -59,6 +61,8 @@ async def _stop_streams_then(reactor) -> None:
     except Exception:
         log.exception("shutdown of the streams failed")
     finally:
+        # Daphne waits for every consumer it cancels; none may wait for Redis any longer.
+        get_channel_layer().stopping = True
         reactor.stop()
 
 

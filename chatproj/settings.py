@@ -98,11 +98,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
+    from chatproj.layers import redis_hosts
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "chatproj.layers.ResilientRedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": redis_hosts(REDIS_URL),
                 # One namespace per deployment (and per test run), so several can share a Redis.
                 "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "stopchat"),
                 # A channel is one socket or one server process. Frames are coalesced
