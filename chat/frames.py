@@ -10,7 +10,7 @@ MAX_CONTENT = 32000
 MAX_DEPTH = 32  # no frame of ours nests deeper than 3; this is only a sane bound
 MAX_CONTEXT_FILES = 1000
 MAX_FILE_NAME = 255  # ProjectFile.name
-MAX_ID = 2**63 - 1  # the largest id the database holds
+MAX_ID = 2**63 - 1  # the largest id a database row can have
 NAMES_SHOWN = 3  # an error lists at most this many names
 # The original ticket's clients send camelCase in the SSE body; both spellings are accepted.
 CAMEL_CASE_FIELDS = {"includeContext": "include_context", "contextFiles": "context_files", "clientId": "client_id"}
@@ -124,20 +124,24 @@ def _send(frame):
     }
 
 
-def _positive_id(frame, field: str, minimum: int):
-    value = frame.get(field, minimum if field == "after_seq" else None)
-    if not _is_int(value) or not minimum <= value <= MAX_ID:
-        kind = "a non-negative" if minimum == 0 else "a positive"
-        raise FrameError("validation", f"{field} must be {kind} integer.")
-    return value
+def _message_id(frame):
+    message_id = frame.get("message_id")
+    if not _is_int(message_id) or message_id < 1:
+        raise FrameError("validation", "message_id must be a positive integer.")
+    if message_id > MAX_ID:  # no row can have it, and the database could not even look it up
+        raise FrameError("not_found", f"No message {message_id} in this project.", message_id)
+    return message_id
 
 
 def _cancel(frame):
-    return {"message_id": _positive_id(frame, "message_id", 1)}
+    return {"message_id": _message_id(frame)}
 
 
 def _resume(frame):
-    return {"message_id": _positive_id(frame, "message_id", 1), "after_seq": _positive_id(frame, "after_seq", 0)}
+    after_seq = frame.get("after_seq", 0)
+    if not _is_int(after_seq) or after_seq < 0:
+        raise FrameError("validation", "after_seq must be a non-negative integer.")
+    return {"message_id": _message_id(frame), "after_seq": after_seq}
 
 
 def _ping(frame):

@@ -7,6 +7,10 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproj.settings")
 django_asgi_app = get_asgi_application()  # sets Django up before the app modules below are imported
 
+from chatproj.checks import refuse_to_start_on_errors  # noqa: E402
+
+refuse_to_start_on_errors()
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402

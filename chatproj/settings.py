@@ -1,6 +1,12 @@
-"""Settings, read from the environment (see README and PROTOCOL.md)."""
+"""Settings, read from the environment (README "Configuration", docs/protocol.md).
+
+Values are parsed leniently here and judged by the system checks in chatproj/checks.py,
+which `manage.py check` and every server start run: a wrong value refuses to start with
+a message naming the variable, instead of failing later or in a traceback.
+"""
 
 import os
+import secrets
 import tempfile
 import warnings
 from pathlib import Path
@@ -9,28 +15,58 @@ import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# (variable, problem) for every environment value that could not be parsed; see chatproj/checks.py.
+ENV_PROBLEMS: list[tuple[str, str]] = []
+
 
 def env_bool(name, default):
     return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_number(name, default, kind):
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return kind(default)
+    try:
+        return kind(raw)
+    except ValueError:
+        ENV_PROBLEMS.append((name, f"must be {'an integer' if kind is int else 'a number'}, not {raw!r}"))
+        return kind(default)
+
+
 def env_float(name, default):
-    return float(os.environ.get(name, default))
+    return _env_number(name, default, float)
 
 
 def env_int(name, default):
-    return int(os.environ.get(name, default))
+    return _env_number(name, default, int)
 
 
 def env_list(name, default):
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = os.environ.get("SECRET_KEY") or ("dev-only-insecure-key" if DEBUG else None)
+# Off unless set: `make run` and the tests set DEBUG=1 themselves.
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+# Without DEBUG a missing key is refused at start (chatproj/checks.py); never a fixed one.
+SECRET_KEY_MISSING = not SECRET_KEY and not DEBUG
 if not SECRET_KEY:
-    raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "dev-only-insecure-key" if DEBUG else secrets.token_urlsafe(50)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+# Behind a TLS proxy (README, "Production"): the header it sets, e.g. X-Forwarded-Proto.
+_proxy_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+if _proxy_header:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
+USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes speak plain HTTP to the process
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 
 INSTALLED_APPS = [
     "daphne",
@@ -42,6 +78,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "axes",
     "chat",
 ]
 
@@ -55,6 +92,15 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a lockout into its response.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out sign-in is refused before the password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "chatproj.urls"
@@ -86,7 +132,7 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Streams flush from worker threads while requests write: wait for the
-    # lock instead of failing at once, and run in WAL mode (see chat/apps.py).
+    # lock instead of failing at once, and run in WAL mode (readers never block the writer).
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     DATABASES["default"]["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
@@ -130,17 +176,45 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
-if DEBUG:
-    # In DEBUG whitenoise serves from the source folders; STATIC_ROOT exists only after collectstatic.
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+# After `collectstatic` (the Docker image runs it) files are served with hashed names and
+# cached for good; without it, whitenoise serves them from the source folders, DEBUG or not.
+COLLECTED = (STATIC_ROOT / "staticfiles.json").exists()
+WHITENOISE_USE_FINDERS = not COLLECTED
+if not COLLECTED:
     warnings.filterwarnings("ignore", message="No directory at", module="whitenoise.base")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if DEBUG else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if COLLECTED else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
+
+# No inline script or style anywhere (the page's data travels in a JSON <script> block,
+# which is not run); model output is sanitized markdown and may load nothing.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+
+# Password guessing (django-axes): after LOGIN_FAILURE_LIMIT wrong passwords for one user
+# name from one address, sign-in is refused for LOGIN_COOLOFF_MINUTES.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = env_float("LOGIN_COOLOFF_MINUTES", 15) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "project-list"
@@ -184,5 +258,3 @@ STREAM_MAX_PER_PROCESS = env_int("STREAM_MAX_PER_PROCESS", 100)
 STREAM_MAX_PER_USER = env_int("STREAM_MAX_PER_USER", 3)
 STREAM_LIMIT_POLICY = os.environ.get("STREAM_LIMIT_POLICY", "reject")
 STREAM_DISCONNECT_GRACE = env_float("STREAM_DISCONNECT_GRACE", 30)
-if STREAM_LIMIT_POLICY not in {"reject", "cancel_oldest"}:
-    raise RuntimeError("STREAM_LIMIT_POLICY must be 'reject' or 'cancel_oldest'")
