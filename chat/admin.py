@@ -72,13 +72,14 @@ class MessageAdmin(admin.ModelAdmin):
     list_select_related = ["project__owner"]
     actions = [stop_streams]
     readonly_fields = [
-        "project", "role", "status", "cancel_reason", "error_type", "error_detail", "content",
+        "project", "role", "status", "cancel_reason", "error_type", "error_detail", "error_internal", "content",
         "display_content", "chunk_count", "created_at", "started_at", "last_chunk_at", "finished_at",
         "cancel_requested_at", "cancel_requested_reason", "duration_display", "provider", "model", "worker",
     ]
     fieldsets = [
         (None, {"fields": ["project", "role", "status", "display_content"]}),
-        ("Outcome", {"fields": ["cancel_reason", "error_type", "error_detail", "cancel_requested_at", "cancel_requested_reason"]}),
+        ("Outcome", {"fields": ["cancel_reason", "error_type", "error_detail", "error_internal", "cancel_requested_at",
+                                "cancel_requested_reason"]}),
         ("Stream", {"fields": ["chunk_count", "created_at", "started_at", "last_chunk_at", "finished_at",
                                "duration_display", "provider", "model", "worker"]}),
         ("Raw content", {"fields": ["content"], "classes": ["collapse"]}),

@@ -179,6 +179,7 @@ def message_finalize(*, message_id: int, outcome: Outcome | None, content: str |
         elif outcome.status == Message.Status.ERROR:
             changes["error_type"] = outcome.error_type
             changes["error_detail"] = outcome.detail[:500]
+            changes["error_internal"] = outcome.internal
         if content is not None:
             changes["content"] = content
         if chunk_count is not None:

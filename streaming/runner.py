@@ -23,7 +23,8 @@ class Outcome:
     status: str  # complete | cancelled | error
     reason: str = ""  # cancel reason
     error_type: str = ""
-    detail: str = ""
+    detail: str = ""  # safe to show the user
+    internal: str = ""  # what the upstream said, keys redacted: the log and staff only
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ class Runner:
         except asyncio.CancelledError:
             return Outcome("cancelled", reason=stream.cancel_reason or "shutdown")
         except ProviderError as error:
-            return Outcome("error", error_type=error.error_type, detail=error.detail)
+            log.warning("stream %s: %s error: %s", stream.message_id, error.error_type, error.internal or error.detail)
+            return Outcome("error", error_type=error.error_type, detail=error.detail, internal=error.internal)
         except Exception:
             log.exception("stream %s failed", stream.message_id)
             return Outcome("error", error_type="unknown", detail="Unexpected server error")

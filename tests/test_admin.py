@@ -62,3 +62,13 @@ def test_it_counts_a_projects_messages_by_status(admin_client, messages):
     assert "Support bot" in page
     detail = admin_client.get(reverse("admin:chat_project_change", args=[messages["orphan"].project_id]))
     assert "llamas" in detail.content.decode()
+
+
+def test_it_shows_staff_what_the_model_server_said_about_an_error(admin_client, user):
+    project = Project.objects.create(owner=user, name="Keys")
+    failed = Message.objects.create(project=project, role="assistant", status="error", error_type="upstream",
+                                    error_detail="The model server rejected the request (401).",
+                                    error_internal="401 from api.example.com: Incorrect API key provided: [redacted]")
+    page = admin_client.get(reverse("admin:chat_message_change", args=[failed.pk])).content.decode()
+    assert "Incorrect API key provided: [redacted]" in page
+    assert "The model server rejected the request (401)." in page

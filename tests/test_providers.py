@@ -84,27 +84,43 @@ async def test_it_reports_missing_done_as_protocol(llm, upstream):
 
 
 @pytest.mark.parametrize(
-    "status, body, expected",
+    "status, body, shown, said",
     [
-        (429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, "Rate limit reached"),
-        (500, {"error": {"message": "The server had an error"}}, "The server had an error"),
-        (502, "<html>Bad gateway from the proxy</html>", "Bad gateway from the proxy"),
+        (401, {"error": {"message": "Incorrect API key provided: sk-proj-abcd****wxyz. See your keys."}},
+         "The model server rejected the request (401).", "Incorrect API key provided: [redacted]. See your keys."),
+        (429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}},
+         "The model server is busy or over its limits (429); please try again in a moment.", "Rate limit reached"),
+        (500, {"error": {"message": "The server had an error"}},
+         "The model server failed (500); please try again in a moment.", "The server had an error"),
+        (502, "<html>Bad gateway from the proxy</html>",
+         "The model server failed (502); please try again in a moment.", "<html>Bad gateway from the proxy</html>"),
     ],
 )
-async def test_it_maps_error_statuses_to_upstream(llm, upstream, status, body, expected):
+async def test_it_tells_the_user_a_safe_text_and_keeps_what_the_upstream_said_for_staff(
+        llm, upstream, status, body, shown, said):
     upstream.enqueue(error_reply(status, body))
     deltas, error = await run(get_provider())
     assert deltas == []
-    assert error.error_type == "upstream"
-    assert str(status) in error.detail and expected in error.detail
+    assert (error.error_type, error.detail) == ("upstream", shown)
+    assert error.internal == f"{status} from 127.0.0.1: {said}"
+
+
+async def test_it_redacts_the_configured_key_and_anything_shaped_like_one(llm, upstream):
+    llm.LLM_API_KEY = "my-own-secret-key-123"
+    upstream.enqueue(error_reply(403, {"error": {"message": (
+        "Key my-own-secret-key-123 refused; header was Bearer my-own-secret-key-123; also sk-ant-api03-XyZ_12-ab "
+        "and api_key=abcdef123456")}}))
+    _, error = await run(get_provider())
+    assert error.detail == "The model server rejected the request (403)."
+    assert "my-own-secret" not in error.internal and "XyZ" not in error.internal and "abcdef" not in error.internal
+    assert error.internal.count("[redacted]") == 4
 
 
 async def test_it_keeps_error_details_short(llm, upstream):
     upstream.enqueue(error_reply(400, {"error": {"message": "long " * 5000}}))
     _, error = await run(get_provider())
-    assert error.error_type == "upstream"
-    assert error.detail.startswith("The model server answered 400: long long")
-    assert len(error.detail) <= 300
+    assert (error.error_type, error.detail) == ("upstream", "The model server rejected the request (400).")
+    assert error.internal.startswith("400 from 127.0.0.1: long long") and len(error.internal) <= 300
 
 
 async def test_it_maps_an_error_object_in_the_stream_to_upstream(llm, upstream):
@@ -114,7 +130,8 @@ async def test_it_maps_an_error_object_in_the_stream_to_upstream(llm, upstream):
     ]))
     deltas, error = await run(get_provider())
     assert deltas == ["a"]
-    assert error.error_type == "upstream" and "Context length exceeded" in error.detail
+    assert (error.error_type, error.detail) == ("upstream", "The model server reported an error while answering.")
+    assert error.internal == "Context length exceeded"
 
 
 async def test_it_reports_connection_refused_as_network(llm):
@@ -124,6 +141,7 @@ async def test_it_reports_connection_refused_as_network(llm):
     llm.LLM_BASE_URL = f"http://127.0.0.1:{port}/v1"
     _, error = await run(get_provider())
     assert (error.error_type, error.detail) == ("network", "Could not connect to the model server")
+    assert error.internal.startswith("ConnectError talking to 127.0.0.1:")
 
 
 async def test_it_times_out_when_the_upstream_stalls(llm, upstream):
@@ -222,7 +240,8 @@ async def test_it_maps_an_anthropic_error_event_to_upstream(claude, upstream):
     ]))
     deltas, error = await run(get_provider())
     assert deltas == ["Hi"]
-    assert error.error_type == "upstream" and "Overloaded" in error.detail
+    assert error.error_type == "upstream" and error.detail.startswith("The model server is busy")
+    assert error.internal == "Overloaded"
 
 
 async def test_it_reports_a_missing_anthropic_message_stop_as_protocol(claude, upstream):

@@ -1,5 +1,6 @@
 """Disconnects, resumes, caps, timers and upstream failures, end to end over the socket."""
 
+import json
 import time
 
 import pytest
@@ -143,7 +144,7 @@ async def test_it_stops_an_answer_with_no_upstream_progress(llm, settings, conne
 
 
 FAILURES = [
-    (error_reply(429, {"error": {"message": "Rate limit reached"}}), "upstream", "Rate limit reached", ""),
+    (error_reply(429, {"error": {"message": "Rate limit reached"}}), "upstream", "busy or over its limits (429)", ""),
     (error_reply(500, {"error": {"message": "The server had an error"}}), "upstream", "500", ""),
     (reset_reply(["half ", "an "]), "network", "lost", "half an "),
     (raw_reply(['data: {"choices":[{"delta":{"content":"cut"}}]}']), "protocol", "", "cut"),
@@ -189,3 +190,18 @@ async def test_it_finalizes_an_answer_cancelled_before_its_task_first_ran(llm, p
     message = await row(answer.pk)
     assert (message.status, message.cancel_reason) == ("cancelled", "shutdown")
     assert inbox.events[-1] == (event, True)
+
+
+async def test_a_rejected_key_reaches_the_user_as_a_short_safe_text_and_staff_with_the_key_redacted(
+        llm, connect, project, user, caplog, api):
+    llm.enqueue(error_reply(401, {"error": {"message": "Incorrect API key provided: Bearer test-key. See docs."}}))
+    ws = await connect(project, user)
+    answer_id = (await send_prompt(ws))["assistant_message"]["id"]
+    error = (await receive_until(ws, "stream_error"))[-1]
+    assert error["error"] == "The model server rejected the request (401)."
+    assert "test-key" not in json.dumps(error) and "Incorrect" not in json.dumps(error)
+    message = await row(answer_id)
+    assert message.error_internal == "401 from 127.0.0.1: Incorrect API key provided: Bearer [redacted]. See docs."
+    assert "Bearer [redacted]" in caplog.text and "test-key" not in caplog.text
+    listed = (await api.get(f"/api/projects/{project.pk}/messages/")).text
+    assert "Incorrect" not in listed and "test-key" not in listed

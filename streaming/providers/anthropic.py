@@ -4,7 +4,7 @@ import json
 from collections.abc import AsyncIterator
 
 from .base import ProviderError
-from .http import HTTPProvider, error_message, open_sse, short
+from .http import HTTPProvider, reported_error
 
 API_VERSION = "2023-06-01"
 MAX_TOKENS = 4096
@@ -18,13 +18,7 @@ class AnthropicProvider(HTTPProvider):
         headers = {"Accept": "text/event-stream", "anthropic-version": API_VERSION}
         if self.api_key:
             headers["x-api-key"] = self.api_key
-        async with open_sse(
-            self.url,
-            headers=headers,
-            body=self._body(messages),
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-        ) as events:
+        async with self.open(headers=headers, body=self._body(messages)) as events:
             async for event, data in events:
                 try:
                     payload = json.loads(data)
@@ -36,10 +30,7 @@ class AnthropicProvider(HTTPProvider):
                 if kind == "message_stop":
                     return
                 if kind == "error":
-                    message = error_message(payload) or "unknown error"
-                    raise ProviderError(
-                        "upstream", short(f"The model server reported an error: {message}")
-                    )
+                    raise reported_error(payload, self.api_key)
                 if kind == "content_block_delta":
                     delta = payload.get("delta")
                     if isinstance(delta, dict) and delta.get("type") == "text_delta":

@@ -5,12 +5,18 @@ from typing import Protocol
 
 
 class ProviderError(Exception):
-    """An upstream failure, mapped to a PROTOCOL.md `error_type` and a short safe text."""
+    """An upstream failure, mapped to a PROTOCOL.md `error_type` and a short safe text.
 
-    def __init__(self, error_type: str, detail: str):
+    `detail` is shown to the user; `internal` is what the upstream itself said (keys
+    redacted), for the log and for staff only: it may name the key, the account or the
+    server's internals.
+    """
+
+    def __init__(self, error_type: str, detail: str, internal: str = ""):
         super().__init__(detail)
         self.error_type = error_type  # timeout | upstream | network | protocol | unknown
         self.detail = detail
+        self.internal = internal
 
 
 class Provider(Protocol):

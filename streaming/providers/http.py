@@ -20,6 +20,10 @@ MAX_LINE_BYTES = 1 << 20  # no sane event is this big; a bigger one means a brok
 ERROR_BODY_BYTES = 4096
 MAX_DETAIL_CHARS = 300
 DRAIN_SECONDS = 0.25
+# Keys and tokens as upstreams echo them ("Incorrect API key provided: sk-proj-ab***cd",
+# "Bearer ..."), even masked: the visible ends are still part of a secret.
+SECRET_SHAPES = re.compile(r"(\b(?:Bearer|Basic)\s+|\b(?=sk-)|\b(?=sk_)|(?:api[_-]?key|x-api-key)[\"':=\s]+)"
+                           r"[A-Za-z0-9*_\-]{4,}(?:\.[A-Za-z0-9*_\-]+)*", re.IGNORECASE)
 # Finds the message in a JSON error body cut short by the ERROR_BODY_BYTES cap.
 TRUNCATED_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)')
 
@@ -44,6 +48,11 @@ class HTTPProvider:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
 
+    def open(self, *, headers: dict, body: dict):
+        """`open_sse` on this provider's URL, with its time limits and its key kept out of errors."""
+        return open_sse(self.url, headers=headers, body=body, connect_timeout=self.connect_timeout,
+                        read_timeout=self.read_timeout, secret=self.api_key)
+
 
 def get_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
@@ -67,7 +76,7 @@ async def aclose_clients() -> None:
 
 @asynccontextmanager
 async def open_sse(
-    url: str, *, headers: dict, body: dict, connect_timeout: float, read_timeout: float
+    url: str, *, headers: dict, body: dict, connect_timeout: float, read_timeout: float, secret: str = ""
 ) -> AsyncIterator[AsyncIterator[tuple[str, str]]]:
     """POST `body` and yield an iterator of (event name, data) pairs, one per `data:` line.
 
@@ -84,14 +93,14 @@ async def open_sse(
         async with get_client().stream(
             "POST", url, json=body, headers=headers, timeout=timeout
         ) as response:
-            await _check_response(response)
+            await _check_response(response, secret)
             events = _sse_data(response)
             yield events
             await _drain(events)
     except ProviderError:
         raise
     except Exception as exc:
-        raise _translate(exc, url, read_timeout) from exc
+        raise _translate(exc, url, read_timeout, secret) from exc
 
 
 def error_message(payload: object) -> str | None:
@@ -112,9 +121,40 @@ def short(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-async def _check_response(response: httpx.Response) -> None:
+def redact(text: str, secret: str = "") -> str:
+    """`text` without API keys: the configured one, and anything shaped like a key or a token."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return SECRET_SHAPES.sub(lambda found: found.group(1) + "[redacted]", text)
+
+
+def status_text(status: int) -> str:
+    """What the user is told of an error status: short, and nothing the upstream said."""
+    if status in (408, 429):
+        return f"The model server is busy or over its limits ({status}); please try again in a moment."
+    if status == 413:
+        return "The request was too large for the model server (413)."
+    if status >= 500:
+        return f"The model server failed ({status}); please try again in a moment."
+    return f"The model server rejected the request ({status})."
+
+
+def reported_error(payload: dict, secret: str) -> ProviderError:
+    """An error object the upstream sent inside its stream (OpenAI's and Anthropic's shapes)."""
+    error = payload.get("error")
+    kind = error.get("type") if isinstance(error, dict) else None
+    if kind in ("overloaded_error", "rate_limit_error", "rate_limit_exceeded"):
+        detail = "The model server is busy or over its limits; please try again in a moment."
+    else:
+        detail = "The model server reported an error while answering."
+    return ProviderError("upstream", detail, short(redact(error_message(payload) or str(payload)[:300], secret)))
+
+
+async def _check_response(response: httpx.Response, secret: str) -> None:
     if response.status_code >= 400:
-        raise ProviderError("upstream", await _status_detail(response))
+        said = redact(await _status_detail(response), secret)
+        raise ProviderError("upstream", status_text(response.status_code),
+                            short(f"{response.status_code} from {response.url.host}: {said}"))
     content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "text/event-stream":
         raise ProviderError(
@@ -137,8 +177,7 @@ async def _status_detail(response: httpx.Response) -> str:
     except ValueError:
         found = TRUNCATED_MESSAGE.search(text)
         reason = found.group(1) if found else None
-    reason = reason or text[:200] or response.reason_phrase
-    return short(f"The model server answered {response.status_code}: {reason}")
+    return reason or text[:200] or response.reason_phrase
 
 
 async def _lines(response: httpx.Response) -> AsyncIterator[str]:
@@ -188,16 +227,18 @@ async def _drain(events: AsyncIterator[tuple[str, str]]) -> None:
         pass  # then the connection is simply closed, not reused
 
 
-def _translate(exc: Exception, url: str, read_timeout: float) -> ProviderError:
+def _translate(exc: Exception, url: str, read_timeout: float, secret: str) -> ProviderError:
+    where = httpx.URL(url).host
+    said = redact(f"{type(exc).__name__} talking to {where}: {exc}", secret)
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError)):
-        return ProviderError("network", "Could not connect to the model server")
+        return ProviderError("network", "Could not connect to the model server", said)
     if isinstance(exc, httpx.ReadTimeout):
-        return ProviderError("timeout", f"The model server sent nothing for {read_timeout:g} seconds")
+        return ProviderError("timeout", f"The model server sent nothing for {read_timeout:g} seconds", said)
     if isinstance(exc, httpx.TimeoutException):  # write or pool timeout
-        return ProviderError("timeout", "The model server did not respond in time")
+        return ProviderError("timeout", "The model server did not respond in time", said)
     if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol):
-        return ProviderError("network", "The connection to the model server was lost")
+        return ProviderError("network", "The connection to the model server was lost", said)
     if isinstance(exc, httpx.DecodingError):
-        return ProviderError("protocol", "The model server sent a body that could not be decoded")
+        return ProviderError("protocol", "The model server sent a body that could not be decoded", said)
     logger.warning("Unexpected error streaming from %s", url, exc_info=exc)
-    return ProviderError("unknown", "Unexpected error talking to the model server")
+    return ProviderError("unknown", "Unexpected error talking to the model server", said)

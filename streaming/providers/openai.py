@@ -4,7 +4,7 @@ import json
 from collections.abc import AsyncIterator
 
 from .base import ProviderError
-from .http import HTTPProvider, error_message, open_sse, short
+from .http import HTTPProvider, reported_error
 
 
 class OpenAIProvider(HTTPProvider):
@@ -16,23 +16,17 @@ class OpenAIProvider(HTTPProvider):
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         body = {"model": self.model, "messages": messages, "stream": True}
-        async with open_sse(
-            self.url,
-            headers=headers,
-            body=body,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-        ) as events:
+        async with self.open(headers=headers, body=body) as events:
             async for _, data in events:
                 if data.strip() == "[DONE]":
                     return
-                text = _delta_text(data)
+                text = _delta_text(data, self.api_key)
                 if text:
                     yield text
             raise ProviderError("protocol", "The model server's answer ended before it was complete")
 
 
-def _delta_text(data: str) -> str | None:
+def _delta_text(data: str, secret: str) -> str | None:
     # Keep-alive comments, role-only deltas, usage chunks and the odd non-JSON
     # line from a proxy are all legal noise; only an error object is fatal.
     try:
@@ -42,8 +36,7 @@ def _delta_text(data: str) -> str | None:
     if not isinstance(payload, dict):
         return None
     if payload.get("error"):
-        message = error_message(payload) or "unknown error"
-        raise ProviderError("upstream", short(f"The model server reported an error: {message}"))
+        raise reported_error(payload, secret)
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None

@@ -7,8 +7,9 @@ instead of an event stream, a 10 MB single event), while a second answer of the 
 user streams on another socket, what must hold:
 
 - a clear error to the user: one `stream_error` with the right `error_type`, a short
-  `error` that says what happened (the status and the upstream's own message when it
-  gave one) and no internals, and `partial_content` = content + the error marker;
+  `error` that says what happened (the status) and nothing of what the upstream said
+  (which may name a key or an account: that goes to the log and a staff-only field),
+  and `partial_content` = content + the error marker;
 - nothing lost: its `content` is exactly the text streamed before the failure;
 - exactly one terminal state: one terminal event, and the row says the same thing;
 - the other stream is unaffected: it completes, with every chunk, in order;
@@ -56,10 +57,10 @@ CASES = {
     "429 with a JSON error body": Case(
         error_reply(429, {"error": {"message": "Rate limit reached for requests", "type": "requests",
                                     "code": "rate_limit_exceeded"}}, headers={"retry-after": "2"}),
-        "upstream", ["429", "Rate limit reached for requests"]),
+        "upstream", ["429", "busy or over its limits"]),
     "500 with a JSON error body": Case(
         error_reply(500, {"error": {"message": "The server had an error while processing your request."}}),
-        "upstream", ["500", "The server had an error while processing your request."]),
+        "upstream", ["500", "The model server failed"]),
     "502 with an HTML body": Case(
         error_reply(502, "<html><body><h1>502 Bad Gateway</h1></body></html>"), "upstream", ["502"]),
     "connection refused": Case(None, "network", ["Could not connect"]),
