@@ -187,6 +187,8 @@ def server_env(db: Database, upstream: Upstream, prefix: str | None, **extra) ->
         "ALLOWED_HOSTS": "127.0.0.1,localhost", "DATABASE_URL": db.url,
         "LLM_PROVIDER": "openai", "LLM_BASE_URL": upstream.base_url, "LLM_API_KEY": "bench", "LLM_MODEL": "bench-model",
         "STREAM_MAX_PER_PROCESS": "5000", "STREAM_MAX_PER_USER": "1000",
+        # The load is many prompts per user and socket: the abuse limits would refuse it.
+        "STREAM_SENDS_PER_MINUTE": "0", "SOCKETS_MAX_PER_USER": "1000",
     }
     if prefix:
         env.update(REDIS_URL=REDIS_ADMIN, CHANNEL_LAYER_PREFIX=prefix)

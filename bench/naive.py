@@ -24,10 +24,10 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from chat import events, services  # noqa: E402
+from chat import protocol, services  # noqa: E402
 from chat.models import Message, Project  # noqa: E402
 from streaming.providers import get_provider  # noqa: E402
-from streaming.runner import Outcome  # noqa: E402
+from streaming.ends import Outcome  # noqa: E402
 
 
 def _write_content(message_id: int, content: str, chunk_count: int) -> None:
@@ -36,7 +36,7 @@ def _write_content(message_id: int, content: str, chunk_count: int) -> None:
 
 def _finalize(message_id: int, outcome: Outcome, content: str, chunk_count: int) -> dict:
     row, _ = services.message_finalize(message_id=message_id, outcome=outcome, content=content, chunk_count=chunk_count)
-    return events.terminal(row)
+    return protocol.terminal(row)
 
 
 class NaiveConsumer(AsyncJsonWebsocketConsumer):
@@ -69,11 +69,12 @@ class NaiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def on_send(self, frame):
         provider = get_provider()
-        user_message, answer, prompt, _ = await database_sync_to_async(services.chat_prompt_create)(
+        prompt = await database_sync_to_async(services.chat_prompt_create)(
             user=self.scope["user"], project=self.project, content=frame["content"], include_context=False,
             context_files=[], provider=provider.name, model=provider.model)
-        await self.send_json(events.message_created(user_message, answer, frame.get("client_id")))
-        self.tasks[answer.pk] = asyncio.get_running_loop().create_task(self.produce(answer.pk, provider, prompt))
+        await self.send_json(protocol.message_created(prompt.user_message, prompt.answer, frame.get("client_id")))
+        self.tasks[prompt.answer.pk] = asyncio.get_running_loop().create_task(
+            self.produce(prompt.answer.pk, provider, prompt.messages))
 
     async def produce(self, message_id: int, provider, prompt) -> None:
         group = self.group

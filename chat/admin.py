@@ -10,7 +10,8 @@ from django.utils.decorators import method_decorator
 from django.utils.text import Truncator
 from django.views.decorators.http import require_POST
 
-from . import services
+from . import answers
+from .errors import MessageAlreadyFinished, StopPending
 from .models import Message, Project, ProjectFile
 
 
@@ -23,13 +24,14 @@ STOP_NOTICES = {
 
 
 def stop_stream(message) -> str:
-    """Stop one answer through the cancel service: STOPPED, FINISHED (it ended first),
-    or PENDING (stored and sent, but its server process has not finalized it yet)."""
+    """An operator's stop (reason `admin`), through the one stop of chat/answers.py:
+    STOPPED, FINISHED (it ended first), or PENDING (stored and sent, but its server
+    process has not finalized it yet)."""
     try:
-        async_to_sync(services.message_cancel)(message=message, reason=Message.CancelReason.USER)
-    except services.MessageAlreadyFinished:
+        async_to_sync(answers.stop)(message_id=message.pk, reason=Message.CancelReason.ADMIN)
+    except MessageAlreadyFinished:
         return FINISHED
-    except services.CancelPending:
+    except StopPending:
         return PENDING
     return STOPPED
 

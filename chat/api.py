@@ -12,7 +12,8 @@ from rest_framework.views import APIView
 
 from streaming.registry import registry
 
-from . import selectors, services
+from . import answers, selectors, services
+from .errors import MessageAlreadyFinished, NotFound, ServiceError, StopPending
 from .models import Message
 from .serializers import CancelSerializer, MessageSerializer, ProjectSerializer
 
@@ -26,7 +27,7 @@ class ProjectListCreate(generics.ListCreateAPIView):
     def perform_create(self, serializer):
         try:
             serializer.instance = services.project_create(owner=self.request.user, name=serializer.validated_data["name"])
-        except services.ServiceError as error:
+        except ServiceError as error:
             raise ValidationError({"name": [str(error)]}) from None
 
 
@@ -44,14 +45,13 @@ class ChatCancel(APIView):
         serializer.is_valid(raise_exception=True)
         message_id = serializer.validated_data["message_id"]
         try:
-            message = selectors.message_get(user=request.user, project_id=project_id, message_id=message_id)
-        except Message.DoesNotExist:
+            selectors.message_get(user=request.user, project_id=project_id, message_id=message_id)
+            stopped = async_to_sync(answers.stop)(message_id=message_id, reason=Message.CancelReason.USER)
+        except NotFound:
             return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
-        try:
-            event = async_to_sync(services.message_cancel)(message=message, reason=Message.CancelReason.USER)
-        except services.MessageAlreadyFinished as finished:
+        except MessageAlreadyFinished as finished:
             return Response({"message_id": message_id, "status": finished.status}, status=status.HTTP_409_CONFLICT)
-        except services.CancelPending as pending:
+        except StopPending as pending:
             # Stored and sent, but the producing process has not confirmed within the wait.
             return Response({
                 "message_id": message_id, "status": pending.message.status, "reason": Message.CancelReason.USER,
@@ -60,8 +60,8 @@ class ChatCancel(APIView):
         return Response({
             "message_id": message_id,
             "status": Message.Status.CANCELLED,
-            "reason": event["reason"],
-            "partial_content": event["partial_content"],
+            "reason": stopped.event["reason"],
+            "partial_content": stopped.event["partial_content"],
         })
 
 

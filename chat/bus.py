@@ -1,31 +1,26 @@
 """Messages between server processes, over the channel layer.
 
-Each process listens on its worker group for stop requests and for sockets of
-other processes that want to follow one of its streams (`watch`: it replays
-the missed frames to their channel, then live ones). The terminal event of
-every stream is also published to the message's group, so that a socket
-anywhere that asked to stop it, or the sweeper, reaches whoever waits.
-The layer is never on the path of a socket in the owning process.
+Each process listens on its worker group for control messages (a stop request, a
+socket of another process that wants to follow one of its answers) and hands them
+to the handler the feature registered (`@bus.handles(kind)`: chat/answers.py and
+chat/following.py). The terminal event of every answer is also published to the
+message's group, so that whoever waits for it anywhere (a stop from another process,
+a socket following it) learns it. The layer is never on the path of a socket in the
+producing process.
 """
 
 import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
-from django.conf import settings
 
-from streaming.registry import registry
-from streaming.relay import dump_terminal
 from streaming.worker import WORKER_ID
 
-from . import events
-from .models import Message
+from . import protocol
 
 log = logging.getLogger("chat.bus")
 
@@ -42,23 +37,14 @@ def message_group(message_id: int) -> str:
     return f"message.{message_id}"
 
 
-def event_message(message_id: int, text: str, final: bool) -> dict:
-    return {"type": "stream.event", "message_id": message_id, "text": text, "final": final}
+def event_message(message_id: int, text: str, final: bool, seq: int = 0) -> dict:
+    """A frame of an answer, as a layer message to a socket of another process."""
+    return {"type": "stream.event", "message_id": message_id, "text": text, "final": final, "seq": seq}
 
 
 def terminal_message(event: dict) -> dict:
     """A terminal event as a layer message to its message's group."""
-    return event_message(event["message_id"], dump_terminal(event), True)
-
-
-@dataclass(frozen=True)
-class RemoteWatcher:
-    """A socket of another process following a stream of this one, through its channel."""
-
-    channel: str
-
-    def deliver(self, message_id: int, text: str, final: bool) -> None:
-        bus.send(self.channel, event_message(message_id, text, final))
+    return event_message(event["message_id"], protocol.ENCODER.final(event), True)
 
 
 class Bus:
@@ -69,6 +55,14 @@ class Bus:
         self._joined_at = float("-inf")  # loop time of the membership keeper's last success
         self._channel: asyncio.Future | None = None  # the listener's channel name, once it has one
         self._finals: dict[int, set[asyncio.Event]] = {}  # message id -> who waits for its terminal event
+        self._handlers: dict[str, Callable[[dict], Awaitable[None] | None]] = {}
+
+    def handles(self, kind: str):
+        """Register the handler of a control message sent to this worker (`request`)."""
+        def register(handler):
+            self._handlers[kind] = handler
+            return handler
+        return register
 
     def ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,20 +215,16 @@ class Bus:
             await asyncio.sleep(MEMBERSHIP_REFRESH)
 
     async def _handle(self, message: dict) -> None:
-        kind, message_id = message.get("type"), message.get("message_id")
-        if kind == "stream.cancel":
-            registry.cancel(message_id, message["reason"])
-        elif kind == "stream.watch":
-            watcher = RemoteWatcher(message["channel"])
-            if not registry.attach(message_id, watcher, message.get("after_seq", 0)):
-                row = await database_sync_to_async(Message.objects.get)(pk=message_id)
-                if row.is_finished:
-                    watcher.deliver(message_id, dump_terminal(events.terminal(row)), True)
-        elif kind == "stream.event" and message.get("final"):
-            for announced in self._finals.get(message_id, ()):
+        kind = message.get("type")
+        if kind == "stream.event" and message.get("final"):
+            for announced in self._finals.get(message.get("message_id"), ()):
                 announced.set()
-        elif kind == "stream.unwatch":
-            registry.detach(message_id, RemoteWatcher(message["channel"]), settings.STREAM_DISCONNECT_GRACE)
+            return
+        handler = self._handlers.get(kind)
+        if handler is not None:
+            result = handler(message)
+            if asyncio.iscoroutine(result):
+                await result
 
 
 bus = Bus()

@@ -29,6 +29,7 @@ class Message(models.Model):
 
     class CancelReason(models.TextChoices):
         USER = "user"
+        ADMIN = "admin"
         DISCONNECT = "disconnect"
         TIMEOUT = "timeout"
         STALE = "stale"
@@ -51,7 +52,9 @@ class Message(models.Model):
     cancel_reason = models.CharField(max_length=16, choices=CancelReason.choices, blank=True)
     error_type = models.CharField(max_length=16, choices=ErrorType.choices, blank=True)
     error_detail = models.CharField(max_length=500, blank=True, help_text="Shown to the user.")
-    error_internal = models.TextField(blank=True, help_text="What the model server said, keys redacted: staff only.")
+    # A default in the database too: during a rolling deploy, older workers insert rows without it.
+    error_internal = models.TextField(blank=True, default="", db_default="",
+                                      help_text="What the model server said, keys redacted: staff only.")
     content = models.TextField(blank=True)
     chunk_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
@@ -84,6 +87,8 @@ class Message(models.Model):
         if self.status == self.Status.CANCELLED:
             if self.cancel_reason == self.CancelReason.USER:
                 return "*[Response cancelled by user]*"
+            if self.cancel_reason == self.CancelReason.ADMIN:
+                return "*[Response stopped by an operator]*"
             return f"*[Response stopped: {self.cancel_reason}]*"
         if self.status == self.Status.ERROR:
             return f"*[Error: {self.error_detail}]*"
@@ -116,3 +121,15 @@ class ProjectFile(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class Worker(models.Model):
+    """A server process; alive while its heartbeat is fresh (chat/liveness.py). The answers
+    of a worker whose heartbeat stopped are dead: caps ignore them, live workers finalize them."""
+
+    id = models.CharField(max_length=200, primary_key=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self):
+        return self.id

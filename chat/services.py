@@ -1,60 +1,33 @@
-"""Write-side functions (keyword-only arguments), shared by pages, API, consumer, admin and commands."""
+"""Write-side functions (keyword-only arguments, synchronous), shared by pages, API, the
+answer lifecycle (chat/answers.py, which runs the stream writes on chat/writer.py's lane),
+admin and commands."""
 
-import asyncio
-import contextlib
 import logging
+import math
+from dataclasses import dataclass
+from datetime import timedelta
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Value
+from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
-from streaming.registry import registry
-from streaming.runner import Outcome
+from streaming.ends import Outcome
 from streaming.worker import WORKER_ID
 
-from . import events, selectors, writer
-from .frames import names_list
-from .bus import bus
-from .models import Message, Project, ProjectFile
+from . import protocol, selectors
+from .errors import LimitExceeded, MessageAlreadyFinished, RateLimited, ServiceError, SessionEnded
+from .models import Message, Project, ProjectFile, Worker
 
 log = logging.getLogger("chat.services")
 
-CANCEL_WAIT = 3.0  # how long a stop waits for another process to finalize the row
-FINAL_POLL = 0.25  # how often it reads the row meanwhile, should the announcement be lost
-
-
-class ServiceError(Exception):
-    """Bad input a user can correct; the message is safe to show."""
-
-
-class LimitExceeded(ServiceError):
-    """A concurrency cap was reached under the `reject` policy."""
-
-
-class StreamUnavailable(ServiceError):
-    """The answer is still running, but not where it can be reached."""
-
-
-class CancelPending(Exception):
-    """The stop is stored and sent, but the producing process has not finalized the row yet."""
-
-    def __init__(self, message: Message):
-        super().__init__(f"stop of message {message.pk} requested")
-        self.message = message
-
-
-class MessageAlreadyFinished(Exception):
-    def __init__(self, event: dict):
-        self.event = event
-        self.status = events.TERMINAL_STATUS[event["type"]]
-        super().__init__(f"message {event['message_id']} is already {self.status}")
+RATE_WINDOW = timedelta(minutes=1)
 
 
 def project_create(*, owner, name: str) -> Project:
-    name = _clean_name(name)
-    return Project.objects.create(owner=owner, name=name)
+    return Project.objects.create(owner=owner, name=_clean_name(name))
 
 
 def project_rename(*, project: Project, name: str) -> Project:
@@ -82,31 +55,64 @@ def _clean_name(name: str) -> str:
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise ServiceError("A project name is 1 to 200 characters.")
+    problem = protocol.storable_problem(name)
+    if problem:
+        raise ServiceError(f"The name {problem}.")
     return name
 
 
+# -- a prompt and its answer -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prompt:
+    """A stored prompt: the user's message, its answer's placeholder row, the conversation
+    to send upstream, and the user's answers to stop first under `cancel_oldest`."""
+
+    user_message: Message
+    answer: Message
+    messages: list[dict]
+    evict: list[int]
+
+
 def chat_prompt_create(*, user, project: Project, content: str, include_context: bool, context_files: list[str],
-                       provider: str, model: str):
-    """Store a prompt and its answer placeholder; the prompt to send upstream, and the
-    user's answers to evict first under the `cancel_oldest` policy."""
+                       provider: str, model: str, session_key: str | None = None) -> Prompt:
+    """`session_key`: the session a socket was opened with, checked to still sign the user in."""
     files = _context_files(project=project, include_context=include_context, names=context_files)
     with transaction.atomic():
         # Serializes one user's sends (PostgreSQL), so two cannot both take the last slot.
-        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-        active = list(selectors.active_answers(user=user))
+        current = get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        if session_key is not None and (current is None or not selectors.session_is_current(
+                session_key=session_key, user=current)):
+            raise SessionEnded("Your session has ended; please sign in again.")
+        _check_rate(user=user)
+        active = list(selectors.active_answers(user=user).values_list("pk", flat=True))
         evict = []
         excess = len(active) - settings.STREAM_MAX_PER_USER + 1
         if excess > 0:
             if settings.STREAM_LIMIT_POLICY == "reject":
-                raise LimitExceeded(f"You have {len(active)} answers streaming (at most {settings.STREAM_MAX_PER_USER} per user).")
+                raise LimitExceeded(
+                    f"You have {len(active)} answers streaming (at most {settings.STREAM_MAX_PER_USER} per user).")
             evict = active[:excess]
         user_message = Message.objects.create(project=project, role=Message.Role.USER, content=content)
         answer = Message.objects.create(
             project=project, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
             provider=provider, model=model, worker=WORKER_ID,
         )
-    prompt = selectors.prompt_messages(project=project, up_to=user_message, files=files)
-    return user_message, answer, prompt, evict
+    messages = selectors.prompt_messages(project=project, up_to=user_message, files=files)
+    return Prompt(user_message=user_message, answer=answer, messages=messages, evict=evict)
+
+
+def _check_rate(*, user) -> None:
+    """At most STREAM_SENDS_PER_MINUTE answers in any minute; counted in the database, so
+    across every process, with or without Redis."""
+    limit = settings.STREAM_SENDS_PER_MINUTE
+    if not limit:
+        return
+    now = timezone.now()
+    recent = selectors.recent_answer_times(user=user, since=now - RATE_WINDOW, limit=limit)
+    if len(recent) >= limit:
+        retry_after = max(1, math.ceil((recent[0] + RATE_WINDOW - now).total_seconds()))
+        raise RateLimited(f"You sent {limit} prompts in the last minute; please wait {retry_after} s.", retry_after)
 
 
 def _context_files(*, project, include_context, names):
@@ -119,9 +125,11 @@ def _context_files(*, project, include_context, names):
     by_name = {f.name: f for f in files}
     missing = [name for name in names if name not in by_name]
     if missing:
-        raise ServiceError(f"No such project file: {names_list(missing)}.")
+        raise ServiceError(f"No such project file: {protocol.names_list(missing)}.")
     return [by_name[name] for name in dict.fromkeys(names)]
 
+
+# -- the stream's writes (on the lane of chat/writer.py) ----------------------------------------------
 
 def message_start(*, message_id: int) -> bool:
     now = timezone.now()
@@ -169,13 +177,14 @@ def message_flush_many(*, flushes: list[tuple[int, str, int]]) -> list[str | Non
 
 def message_finalize(*, message_id: int, outcome: Outcome | None, content: str | None = None,
                      chunk_count: int | None = None) -> tuple[Message, bool]:
-    """Write the one terminal state (whoever races, the first conditional UPDATE wins).
+    """Write the one terminal state (whoever races, the first conditional UPDATE wins); a
+    stop request stored on the row wins over the reason given here (the user asked first).
     The row as it ends up, and whether this call was the one that finalized it."""
     won = False
     if outcome is not None:
         changes = {"status": outcome.status, "finished_at": timezone.now()}
         if outcome.status == Message.Status.CANCELLED:
-            changes["cancel_reason"] = outcome.reason
+            changes["cancel_reason"] = Coalesce(NullIf("cancel_requested_reason", Value("")), Value(outcome.reason))
         elif outcome.status == Message.Status.ERROR:
             changes["error_type"] = outcome.error_type
             changes["error_detail"] = outcome.detail[:500]
@@ -184,7 +193,7 @@ def message_finalize(*, message_id: int, outcome: Outcome | None, content: str |
             changes["content"] = content
         if chunk_count is not None:
             changes["chunk_count"] = chunk_count
-        won = Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(**changes)
+        won = bool(Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(**changes))
         if won:
             log.info("message %s finalized: %s %s", message_id, outcome.status, outcome.reason or outcome.error_type)
     if won and content is not None:
@@ -192,85 +201,35 @@ def message_finalize(*, message_id: int, outcome: Outcome | None, content: str |
         row = Message.objects.defer("content").get(pk=message_id)
         row.content = content
         return row, True
-    return Message.objects.get(pk=message_id), bool(won)
+    return Message.objects.get(pk=message_id), won
 
 
-def message_request_cancel(*, message_id: int, reason: str) -> Message:
-    """Store a stop request on the row; MessageAlreadyFinished when it is final."""
+def message_request_stop(*, message_id: int, reason: str) -> tuple[Message, bool]:
+    """Store a stop request on the row (the producer sees it at its next flush, should the
+    message on the bus be lost); the row, and whether its producing process is alive.
+    MessageAlreadyFinished when it is final."""
     Message.objects.filter(
         pk=message_id, status__in=Message.ACTIVE_STATUSES, cancel_requested_at__isnull=True
     ).update(cancel_requested_at=timezone.now(), cancel_requested_reason=reason)
     message = Message.objects.get(pk=message_id)
     if message.is_finished:
-        raise MessageAlreadyFinished(events.terminal(message))
-    return message
+        raise MessageAlreadyFinished(protocol.terminal(message))
+    return message, selectors.worker_is_alive(worker=message.worker)
 
 
-async def message_cancel(*, message: Message, reason: str, wait: float | None = None) -> dict:
-    """The one way to stop an answer (socket, REST, admin, caps, sweeper).
+# -- workers ------------------------------------------------------------------------------------------
 
-    Stops the producing task here at once; otherwise stores the request on the
-    row and asks the producing process through the layer (its next flush sees
-    the stored request even if that message is lost), or finalizes the row here
-    when no process produces it any more. The `stream_cancelled` event once
-    the row is final; MessageAlreadyFinished when the answer ended first;
-    CancelPending when another process has not finished it within `wait`.
-    """
-    if registry.cancel(message.pk, reason):
-        # Produced here: stopped at once, with no database round trip before the stop.
-        event = await registry.wait(message.pk) or await _finalize_here(message.pk, reason)
-    else:
-        event = await _cancel_elsewhere(message_id=message.pk, reason=reason, wait=CANCEL_WAIT if wait is None else wait)
-    if event["type"] != "stream_cancelled":
-        raise MessageAlreadyFinished(event)
-    return event
+def worker_beat(*, worker: str) -> None:
+    """This process is alive (chat/liveness.py, every WORKER_HEARTBEAT seconds)."""
+    if not Worker.objects.filter(pk=worker).update(heartbeat_at=timezone.now()):
+        Worker.objects.get_or_create(pk=worker)
 
 
-async def _cancel_elsewhere(*, message_id: int, reason: str, wait: float) -> dict:
-    # Listening before the request is stored: its producer may see it at its next flush.
-    async with bus.final_announced(message_id) as announced:
-        message = await writer.run(message_request_cancel, message_id=message_id, reason=reason)
-        if message.worker == WORKER_ID or _owner_is_gone(message):
-            return await _finalize_here(message.pk, reason)
-        await bus.request(message.worker, {"type": "stream.cancel", "message_id": message.pk, "reason": reason})
-        event = await _wait_until_final(message.pk, wait, announced)
-    if event is None:
-        raise CancelPending(message)
-    return event
+def worker_forget(*, worker: str) -> None:
+    """This process stops: its answers are final already, and nobody should wait for it."""
+    Worker.objects.filter(pk=worker).delete()
 
 
-def _owner_is_gone(message: Message) -> bool:
-    heartbeat = message.last_chunk_at or message.created_at
-    return (timezone.now() - heartbeat).total_seconds() > settings.STREAM_STALE_AFTER
-
-
-async def message_finalize_announced(*, message_id: int, outcome: Outcome | None, content: str | None = None,
-                                     chunk_count: int | None = None) -> dict:
-    """`message_finalize` on the streams' database lane, then the terminal event of the
-    row as it ends up, published to whoever waits on the message in any process."""
-    row, _ = await writer.run(message_finalize, message_id=message_id, outcome=outcome, content=content,
-                              chunk_count=chunk_count)
-    event = events.terminal(row)
-    bus.announce(event)
-    return event
-
-
-async def _finalize_here(message_id: int, reason: str) -> dict:
-    return await message_finalize_announced(message_id=message_id, outcome=Outcome(Message.Status.CANCELLED, reason=reason))
-
-
-async def _wait_until_final(message_id: int, timeout: float, announced: asyncio.Event) -> dict | None:
-    """The terminal event from the final row, read when the producing process announces
-    it (or every FINAL_POLL, should that announcement be lost); None after `timeout`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(min(FINAL_POLL, deadline - loop.time()), 0)):
-                await announced.wait()
-        row = await database_sync_to_async(Message.objects.get)(pk=message_id)
-        if row.is_finished:
-            return events.terminal(row)
-        if loop.time() >= deadline:
-            return None
-        announced.clear()
+def workers_prune(*, older_than: timedelta) -> int:
+    """Forget the workers that died long ago (their rows only serve the liveness check)."""
+    return Worker.objects.filter(heartbeat_at__lt=timezone.now() - older_than).delete()[0]

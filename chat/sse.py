@@ -1,4 +1,4 @@
-"""`POST /api/projects/<id>/chat/`: a prompt answered as `text/event-stream` (PROTOCOL.md).
+"""`POST /api/projects/<id>/chat/`: a prompt answered as `text/event-stream` (docs/protocol.md).
 
 A plain async Django view, not DRF: DRF views are sync and would hold a
 thread for as long as an answer streams.
@@ -12,9 +12,9 @@ from django.conf import settings
 from django.http import Http404, JsonResponse, StreamingHttpResponse
 
 from streaming.registry import registry
+from streaming.relay import Frame
 
-from . import selectors, services, streams
-from .frames import FrameError, parse_send_body
+from . import answers, protocol, selectors
 
 log = logging.getLogger("chat.sse")
 
@@ -25,19 +25,19 @@ class QueueWatcher:
     """Follows one answer for one SSE response."""
 
     def __init__(self):
-        self.queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self.queue: asyncio.Queue[Frame] = asyncio.Queue()
 
-    def deliver(self, message_id: int, text: str, final: bool) -> None:
-        self.queue.put_nowait((text, final))
+    def deliver(self, frame: Frame) -> None:
+        self.queue.put_nowait(frame)
 
 
 async def chat_stream(request, project_id):
     """Start an answer and stream its events, `message_created` first, the terminal event last.
 
-    Errors, as JSON: 403 anonymous (a missing CSRF token is Django's own 403 page);
-    404 not a project of this user; 400 {code: bad_frame | validation, detail} for a body
-    that is not a JSON object, bad `send` fields or an unknown context file;
-    429 {code: limit_exceeded, detail} at a concurrency cap; 503 {code: unavailable, detail}.
+    Errors before the stream starts, as JSON `{code, detail}` with the status of the one
+    error table (chat/protocol.py): 400 bad_frame | validation, 404, 429 limit_exceeded |
+    rate_limited (with `retry_after` and a Retry-After header), 503 unavailable; 403 for
+    an anonymous client (a missing CSRF token is Django's own 403 page).
     """
     user = await request.auser()
     if not user.is_authenticated:
@@ -47,34 +47,31 @@ async def chat_stream(request, project_id):
     except Http404:
         return JsonResponse({"detail": "Not found."}, status=404)
     try:
-        frame = parse_send_body(request.body)
-    except FrameError as error:
-        return _error(error.code, error.detail, 400)
-    try:
+        frame = protocol.parse_send_body(request.body)
         body = await _start(user, project, frame)
-    except services.LimitExceeded as error:
-        return _error("limit_exceeded", str(error), 429)
-    except services.StreamUnavailable as error:
-        return _error("unavailable", str(error), 503)
-    except services.ServiceError as error:
-        return _error("validation", str(error), 400)
-    except Exception:
-        log.exception("a send over SSE could not be handled")
-        return _error("unavailable", "The server could not handle this request; please try again.", 503)
+    except Exception as error:
+        if not isinstance(error, protocol.EXPECTED):
+            log.exception("a send over SSE could not be handled")
+        return error_response(error)
     response = StreamingHttpResponse(body, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the answer back
     return response
 
 
-def _error(code: str, detail: str, status: int) -> JsonResponse:
-    return JsonResponse({"code": code, "detail": detail}, status=status)
+def error_response(error: Exception) -> JsonResponse:
+    event, status = protocol.error_for(error)
+    body = {key: value for key, value in event.items() if key != "type"}
+    response = JsonResponse(body, status=status)
+    if "retry_after" in body:
+        response["Retry-After"] = str(body["retry_after"])
+    return response
 
 
 async def _start(user, project, frame: dict):
     """The answer's events as a started generator."""
     watcher = QueueWatcher()
-    answer = await streams.answer_prompt(
+    answer = await answers.start(
         user=user, project=project, content=frame["content"], include_context=frame["include_context"],
         context_files=frame["context_files"], client_id=frame["client_id"], watcher=watcher,
     )
@@ -91,12 +88,12 @@ async def _event_stream(watcher: QueueWatcher, message_id: int):
         yield ""  # where _start leaves it; Django never sees this
         while True:
             try:
-                text, final = await asyncio.wait_for(watcher.queue.get(), KEEP_ALIVE_AFTER)
+                frame = await asyncio.wait_for(watcher.queue.get(), KEEP_ALIVE_AFTER)
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            yield f"data: {text}\n\n"
-            if final:
+            yield f"data: {frame.text}\n\n"
+            if frame.final:
                 return
     finally:
         # Reached after the terminal event, and when Django's ASGI handler cancels the

@@ -1,19 +1,16 @@
 """The sweeper: stop the answers no live worker will finish, keeping what they saved."""
 
+import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
-from streaming.runner import Outcome
-
-from . import events, selectors, services
-from .bus import bus, message_group, terminal_message
-from .models import Message
+from . import answers, selectors
+from .bus import bus
+from .errors import MessageAlreadyFinished
 
 log = logging.getLogger("chat.sweeper")
 
@@ -51,48 +48,26 @@ def sweep(*, stale_after: float, max_age: float, dry_run: bool = False, owner_wa
     summary.found = selectors.streams_to_sweep(stale_after=stale_after, max_age=max_age, now=timezone.now())
     if dry_run or not summary.found:
         return summary
-    requests = []
-    for message_id, reason in summary.found.items():
-        try:
-            message = services.message_request_cancel(message_id=message_id, reason=reason)
-        except services.MessageAlreadyFinished:
-            continue
-        requests.append((message.worker, {"type": "stream.cancel", "message_id": message_id, "reason": reason}))
-    async_to_sync(_ask_workers)(requests)
-    # A live worker stops its own stream and saves its last text; give it a moment.
-    if any(reason == "timeout" for reason in summary.found.values()):
-        _wait_for_workers(set(summary.found), owner_wait if owner_wait is not None else max(2 * settings.STREAM_FLUSH_INTERVAL, 1.0))
-    announcements = []
-    for message_id, reason in summary.found.items():
-        row, won = services.message_finalize(message_id=message_id, outcome=Outcome(Message.Status.CANCELLED, reason=reason))
-        if won:
-            summary.finalized[message_id] = reason
-            announcements.append(events.terminal(row))
+    # A live worker stops its own answer and saves its last text: it gets a moment to.
+    wait = owner_wait if owner_wait is not None else max(2 * settings.STREAM_FLUSH_INTERVAL, 1.0)
+    for message_id, finalized_here in async_to_sync(_stop_all)(summary.found, wait):
+        if finalized_here:
+            summary.finalized[message_id] = summary.found[message_id]
+            log.info("sweeper finalized message %s: cancelled %s", message_id, summary.found[message_id])
         else:
             summary.ended_elsewhere.append(message_id)
-    async_to_sync(_announce)(announcements)
-    for message_id, reason in summary.finalized.items():
-        log.info("sweeper finalized message %s: cancelled %s", message_id, reason)
     return summary
 
 
-def _wait_for_workers(message_ids: set[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not Message.objects.filter(pk__in=message_ids, status__in=Message.ACTIVE_STATUSES).exists():
-            return
-        time.sleep(0.05)
-
-
-async def _ask_workers(requests) -> None:
-    for worker, message in requests:
-        await bus.request(worker, message)
-
-
-async def _announce(terminal_events) -> None:
-    layer = get_channel_layer()
-    for event in terminal_events:
+async def _stop_all(found: dict[int, str], wait: float) -> list[tuple[int, bool]]:
+    async def stop_one(message_id: int, reason: str) -> tuple[int, bool]:
         try:
-            await layer.group_send(message_group(event["message_id"]), terminal_message(event))
-        except Exception as error:  # watchers then learn it on their next resume
-            log.warning("could not announce the end of message %s: %s", event["message_id"], type(error).__name__)
+            stopped = await answers.stop(message_id=message_id, reason=reason, wait=wait, force=True)
+        except MessageAlreadyFinished:
+            return message_id, False
+        return message_id, stopped.finalized_here
+
+    try:
+        return await asyncio.gather(*(stop_one(message_id, reason) for message_id, reason in found.items()))
+    finally:
+        await bus.stop()  # hands every announcement to the layer before the loop goes

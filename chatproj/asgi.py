@@ -16,7 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
 from chat.consumers import ChatConsumer, NoRouteConsumer  # noqa: E402
-from chat.shutdown import install_daphne_shutdown  # noqa: E402
+from chat.process import install_daphne_hooks  # noqa: E402
 from chatproj.origin import SameOriginValidator  # noqa: E402
 
 websocket_urlpatterns = [
@@ -24,7 +24,7 @@ websocket_urlpatterns = [
     re_path(r"", NoRouteConsumer.as_asgi()),
 ]
 
-install_daphne_shutdown()
+install_daphne_hooks()
 
 application = ProtocolTypeRouter(
     {

@@ -16,7 +16,8 @@ BOUNDS = {
     "STREAM_FLUSH_INTERVAL": (0, False), "STREAM_FRAME_INTERVAL": (0, True), "STREAM_MAX_AGE": (0, False),
     "STREAM_STALE_AFTER": (0, False), "STREAM_MAX_PER_PROCESS": (1, True), "STREAM_MAX_PER_USER": (1, True),
     "STREAM_DISCONNECT_GRACE": (0, True), "STREAM_SENDS_PER_MINUTE": (0, True), "SOCKETS_MAX_PER_USER": (1, True),
-    "LOGIN_FAILURE_LIMIT": (1, True), "SECURE_HSTS_SECONDS": (0, True),
+    "LOGIN_FAILURE_LIMIT": (1, True), "SECURE_HSTS_SECONDS": (0, True), "WORKER_HEARTBEAT": (0, False),
+    "WORKER_DEAD_AFTER": (0, False),
 }
 SETTING_FOR = {"LOGIN_FAILURE_LIMIT": "AXES_FAILURE_LIMIT"}
 
@@ -52,6 +53,10 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         if value is not None and (value < low or (value == low and not inclusive)):
             found.append(error(f"{name}={value:g} is out of range.",
                                f"It must be {'at least' if inclusive else 'more than'} {low}.", 6))
+    if settings.WORKER_DEAD_AFTER <= 2 * settings.WORKER_HEARTBEAT:
+        found.append(error(f"WORKER_DEAD_AFTER={settings.WORKER_DEAD_AFTER:g} leaves room for less than two "
+                           f"heartbeats of WORKER_HEARTBEAT={settings.WORKER_HEARTBEAT:g}.",
+                           "A live worker would be taken for dead: make it at least three heartbeats.", 9))
     if settings.STREAM_LIMIT_POLICY not in POLICIES:
         found.append(error(f"STREAM_LIMIT_POLICY={settings.STREAM_LIMIT_POLICY!r} is not a policy.",
                            f"Use one of: {', '.join(POLICIES)}.", 7))

@@ -258,3 +258,13 @@ STREAM_MAX_PER_PROCESS = env_int("STREAM_MAX_PER_PROCESS", 100)
 STREAM_MAX_PER_USER = env_int("STREAM_MAX_PER_USER", 3)
 STREAM_LIMIT_POLICY = os.environ.get("STREAM_LIMIT_POLICY", "reject")
 STREAM_DISCONNECT_GRACE = env_float("STREAM_DISCONNECT_GRACE", 30)
+# Abuse limits (README, "Limits"): prompts per user per minute (0: no limit), counted in
+# the database so across every process; open sockets per user, per process.
+STREAM_SENDS_PER_MINUTE = env_int("STREAM_SENDS_PER_MINUTE", 30)
+SOCKETS_MAX_PER_USER = env_int("SOCKETS_MAX_PER_USER", 20)
+
+# Worker liveness (chat/liveness.py): each server process writes a heartbeat every
+# WORKER_HEARTBEAT seconds; one silent for WORKER_DEAD_AFTER is dead, and its answers are
+# finalized as `orphaned` by the live workers.
+WORKER_HEARTBEAT = env_float("WORKER_HEARTBEAT", 2)
+WORKER_DEAD_AFTER = env_float("WORKER_DEAD_AFTER", 8)

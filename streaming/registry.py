@@ -8,10 +8,11 @@ process and not to the socket that started it, and removes each entry in a
 import asyncio
 import contextvars
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 from . import metrics
+from .ends import Ending
 from .relay import Relay, Watcher
 from .worker import WORKER_ID
 
@@ -23,18 +24,42 @@ class Stream:
     project_id: int
     relay: Relay
     worker: str = WORKER_ID
-    started_at: float = field(default_factory=time.time)
-    started: float = field(default_factory=time.monotonic)
-    last_update: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)  # wall clock, for people
+    started_monotonic: float = field(default_factory=time.monotonic)  # for every duration
+    last_progress: float = field(default_factory=time.monotonic)  # monotonic time of the last upstream delta
     chunk_count: int = 0
-    cancel_reason: str | None = None
-    stop_requested: float | None = None  # monotonic time the stop reached this process
-    first_chunk: float | None = None  # monotonic time of the first upstream delta
+    stop_reason: str | None = None
+    stop_requested_at: float | None = None  # monotonic time the stop reached this process
+    first_chunk_at: float | None = None  # monotonic time of the first upstream delta
     task: asyncio.Task | None = None
     running: bool = False  # the task has taken its first step
-    # Resolved with the terminal event once the row is final.
-    outcome: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # Resolved with the row's Ending once it is final (cancelled if the stream could not finalize).
+    ending: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     grace_timer: asyncio.TimerHandle | None = None
+    # Closes the upstream connection at once, while one is open (set by the runner's provider).
+    abort_upstream: Callable[[], None] | None = None
+
+    def claim_stop(self, reason: str) -> bool:
+        """Record why the stream stops; the first reason wins. Whether this call set it."""
+        if self.stop_reason is not None:
+            return False
+        self.stop_reason = reason
+        self.stop_requested_at = time.monotonic()
+        return True
+
+    def stop(self, reason: str) -> None:
+        """The engine's one way to stop a stream: the upstream is closed now, in this call,
+        and the task is cancelled so that it saves its text and finalizes its row."""
+        if not self.claim_stop(reason):
+            return
+        if self.abort_upstream is not None:
+            self.abort_upstream()
+        if self.running:
+            self.task.cancel()
+        else:
+            # A task cancelled before its first step never enters its body, so its
+            # row would never be finalized: let it start, then cancel it.
+            asyncio.get_running_loop().call_soon(self.task.cancel)
 
     def stats(self) -> dict:
         now = time.monotonic()
@@ -44,11 +69,11 @@ class Stream:
             "project_id": self.project_id,
             "worker": self.worker,
             "started_at": self.started_at,
-            "age": round(now - self.started, 3),
-            "idle": round(now - self.last_update, 3),
+            "age": round(now - self.started_monotonic, 3),
+            "idle": round(now - self.last_progress, 3),
             "chunk_count": self.chunk_count,
             "watchers": len(self.relay.watchers),
-            "cancel_reason": self.cancel_reason,
+            "stop_reason": self.stop_reason,
         }
 
 
@@ -76,10 +101,11 @@ class Registry:
         finally:
             self._streams.pop(stream.message_id, None)
             stream.relay.close()
+            stream.abort_upstream = None
             if stream.grace_timer is not None:
                 stream.grace_timer.cancel()
-            if not stream.outcome.done():
-                stream.outcome.cancel()
+            if not stream.ending.done():
+                stream.ending.cancel()
 
     def get(self, message_id: int) -> Stream | None:
         return self._streams.get(message_id)
@@ -96,54 +122,37 @@ class Registry:
             return stream.stats() if stream else None
         return [stream.stats() for stream in self._streams.values()]
 
-    def user_streams(self, user_id: int) -> list[Stream]:
-        """The user's running streams in this process, oldest first."""
-        return sorted((s for s in self._streams.values() if s.user_id == user_id), key=lambda s: s.started)
-
     def oldest(self) -> Stream | None:
-        return min(self._streams.values(), key=lambda s: s.started, default=None)
+        return min(self._streams.values(), key=lambda s: s.started_monotonic, default=None)
 
-    def cancel(self, message_id: int, reason: str) -> bool:
-        """Ask a running stream to stop; the first reason given wins. False when not running here."""
+    def stop(self, message_id: int, reason: str) -> bool:
+        """Stop a stream running here (Stream.stop); False when it does not run here."""
         stream = self._streams.get(message_id)
         if stream is None:
             return False
-        if stream.cancel_reason is None:
-            stream.cancel_reason = reason
-            stream.stop_requested = time.monotonic()
-            if stream.running:
-                stream.task.cancel()
-            else:
-                # A task cancelled before its first step never enters its body, so its
-                # row would never be finalized: let it start, then cancel it.
-                asyncio.get_running_loop().call_soon(stream.task.cancel)
+        stream.stop(reason)
         return True
 
-    def cancel_all(self, reason: str) -> list[int]:
-        ids = list(self._streams)
-        for message_id in ids:
-            self.cancel(message_id, reason)
-        return ids
-
-    async def wait(self, message_id: int, timeout: float | None = None) -> dict | None:
-        """The terminal event of a running stream once its row is final; None if not running here
-        or if it could not finalize."""
+    async def wait(self, message_id: int, timeout: float | None = None) -> Ending | None:
+        """The Ending of a stream running here once its row is final; None if it does not run
+        here or could not finalize."""
         stream = self._streams.get(message_id)
         if stream is None:
             return None
         try:
-            return await asyncio.wait_for(asyncio.shield(stream.outcome), timeout)
+            return await asyncio.wait_for(asyncio.shield(stream.ending), timeout)
         except asyncio.CancelledError:
-            if stream.outcome.cancelled():  # the stream ended without a final row
+            if stream.ending.cancelled():  # the stream ended without a final row
                 return None
             raise
 
-    async def shutdown(self, reason: str = "shutdown", timeout: float = 10.0) -> None:
-        """Cancel every stream and wait until each has finalized its row."""
-        tasks = [s.task for s in self._streams.values()]
-        self.cancel_all(reason)
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+    async def stop_all(self, reason: str, timeout: float = 10.0) -> None:
+        """Stop every stream and wait until each has finalized its row."""
+        streams = list(self._streams.values())
+        for stream in streams:
+            stream.stop(reason)
+        if streams:
+            await asyncio.wait([s.task for s in streams], timeout=timeout)
 
     def attach(self, message_id: int, watcher: Watcher, after_seq: int = 0) -> bool:
         stream = self._streams.get(message_id)
@@ -156,7 +165,7 @@ class Registry:
         return True
 
     def detach(self, message_id: int, watcher: Watcher, grace: float) -> None:
-        """Stop feeding a watcher; a stream nobody watches is cancelled after `grace` seconds."""
+        """Stop feeding a watcher; a stream nobody watches is stopped after `grace` seconds."""
         stream = self._streams.get(message_id)
         if stream is None:
             return
@@ -164,10 +173,9 @@ class Registry:
         if stream.relay.watchers or stream.grace_timer is not None:
             return
         if grace <= 0:
-            self.cancel(message_id, "disconnect")
+            stream.stop("disconnect")
         else:
-            loop = asyncio.get_running_loop()
-            stream.grace_timer = loop.call_later(grace, self.cancel, message_id, "disconnect")
+            stream.grace_timer = asyncio.get_running_loop().call_later(grace, stream.stop, "disconnect")
 
 
 registry = Registry()

@@ -1,58 +1,62 @@
 """The text of one running stream and its fan-out to watchers.
 
-Deltas are joined into at most one `message_chunk` per frame interval
-(DESIGN.md principle 8). Every frame sent is kept, in order, so a watcher
-that attaches late (a resume) gets exactly the frames it missed, then live
-ones. Frames are serialized once and handed to every watcher as text.
+Deltas are joined into at most one chunk frame per frame interval (DESIGN.md
+principle 8). Every delta sent is kept, in order, so a watcher that attaches late
+(a resume) gets exactly the frames it missed, then live ones. What a frame looks
+like on the wire is the chat layer's business (its Encoder); each frame is
+serialized once, however many watchers it goes to.
 """
 
 import asyncio
-import json
 from typing import Protocol
 
+# Daphne limits a websocket message to 1 MiB, in both directions; a frame's delta stays
+# well under it even escaped six bytes a character.
+MAX_DELTA_CHARS = 128 * 1024
 
-# daphne's default websocket_max_message_size (1 MiB) applies to what it sends too,
-# less room for the frame header.
-MAX_MESSAGE_BYTES = 1024 * 1024 - 1024
-# Even escaped six bytes a character, a frame stays under that limit.
-MAX_FRAME_CHARS = 128 * 1024
+
+class Encoder(Protocol):
+    def chunk(self, message_id: int, seq: int, delta: str) -> str:
+        """The wire text of one chunk frame."""
+
+    def final(self, event: dict) -> str:
+        """The wire text of a terminal event."""
+
+
+class Frame:
+    """One thing a watcher is handed: a chunk (`seq`, `delta`), the terminal `event`, or an
+    event already serialized elsewhere (`text`; `final` when it is the terminal one)."""
+
+    __slots__ = ("message_id", "seq", "delta", "event", "final", "_encoder", "_text")
+
+    def __init__(self, message_id: int, *, seq: int = 0, delta: str = "", event: dict | None = None,
+                 encoder: Encoder | None = None, text: str | None = None, final: bool = False):
+        self.message_id, self.seq, self.delta, self.event = message_id, seq, delta, event
+        self.final = final or event is not None
+        self._encoder, self._text = encoder, text
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            if self.event is not None:
+                self._text = self._encoder.final(self.event)
+            else:
+                self._text = self._encoder.chunk(self.message_id, self.seq, self.delta)
+        return self._text
 
 
 class Watcher(Protocol):
-    def deliver(self, message_id: int, text: str, final: bool) -> None:
-        """Queue one serialized event; must not block."""
-
-
-def dump(event: dict) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-
-
-def dump_terminal(event: dict) -> str:
-    """A terminal event as text for its watchers.
-
-    One too large for a websocket message goes without its text: `content` dropped,
-    `partial_content` holding only the marker, `content_omitted: true` (its watchers
-    have every delta; the row has the text). Decided from the length of the text where
-    it can be, so a long answer is not serialized whole only to be thrown away.
-    """
-    content = event.get("content") or ""
-    if 2 * len(content) <= MAX_MESSAGE_BYTES:  # content and partial_content, at least a byte a character
-        text = dump(event)
-        if len(text) * 4 <= MAX_MESSAGE_BYTES or len(text.encode()) <= MAX_MESSAGE_BYTES:
-            return text
-    slim = {key: value for key, value in event.items() if key != "content"}
-    if "partial_content" in slim:
-        slim["partial_content"] = slim["partial_content"][len(content):]
-    slim["content_omitted"] = True
-    return dump(slim)
+    def deliver(self, frame: Frame) -> None:
+        """Queue one frame; must not block."""
 
 
 class Relay:
-    def __init__(self, message_id: int, frame_interval: float):
+    def __init__(self, message_id: int, frame_interval: float, encoder: Encoder):
         self.message_id = message_id
         self.frame_interval = frame_interval
+        self.encoder = encoder
         self.watchers: set[Watcher] = set()
-        self.frames: list[str] = []  # delta of each message_chunk sent; seq = index + 1
+        self.sent_deltas: list[str] = []  # the delta of each chunk frame sent; seq = index + 1
         self.pending: list[str] = []  # deltas waiting for the next frame
         self.finished = False
         self._loop = asyncio.get_running_loop()
@@ -61,10 +65,10 @@ class Relay:
 
     @property
     def seq(self) -> int:
-        return len(self.frames)
+        return len(self.sent_deltas)
 
     def text(self) -> str:
-        return "".join(self.frames) + "".join(self.pending)
+        return "".join(self.sent_deltas) + "".join(self.pending)
 
     def add(self, delta: str) -> None:
         self.pending.append(delta)
@@ -84,20 +88,20 @@ class Relay:
         joined = "".join(self.pending)
         self.pending.clear()
         self._next_frame_at = self._loop.time() + self.frame_interval
-        for start in range(0, len(joined), MAX_FRAME_CHARS):
-            self.frames.append(joined[start:start + MAX_FRAME_CHARS])
-            text = self._chunk_text(len(self.frames))
+        for start in range(0, len(joined), MAX_DELTA_CHARS):
+            self.sent_deltas.append(joined[start:start + MAX_DELTA_CHARS])
+            frame = self._chunk(len(self.sent_deltas))
             for watcher in tuple(self.watchers):
-                watcher.deliver(self.message_id, text, False)
+                watcher.deliver(frame)
 
     def attach(self, watcher: Watcher, after_seq: int = 0) -> None:
         """Replay the frames after `after_seq`, then follow live ones (no await in between: no gap)."""
-        for seq in range(max(after_seq, 0) + 1, len(self.frames) + 1):
-            watcher.deliver(self.message_id, self._chunk_text(seq), False)
+        for seq in range(max(after_seq, 0) + 1, len(self.sent_deltas) + 1):
+            watcher.deliver(self._chunk(seq))
         self.watchers.add(watcher)
 
-    def _chunk_text(self, seq: int) -> str:
-        return dump({"type": "message_chunk", "message_id": self.message_id, "seq": seq, "delta": self.frames[seq - 1]})
+    def _chunk(self, seq: int) -> Frame:
+        return Frame(self.message_id, seq=seq, delta=self.sent_deltas[seq - 1], encoder=self.encoder)
 
     def detach(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
@@ -106,9 +110,9 @@ class Relay:
         """Send what is pending, then the terminal event, to every watcher; then let them go."""
         self.emit()
         self.finished = True
-        text = dump_terminal(event)
+        frame = Frame(self.message_id, event=event, encoder=self.encoder)
         for watcher in tuple(self.watchers):
-            watcher.deliver(self.message_id, text, True)
+            watcher.deliver(frame)
         self.watchers.clear()
 
     def close(self) -> None:

@@ -2,29 +2,20 @@
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from . import metrics
+from .ends import Ending, Outcome
 from .providers.base import Provider, ProviderError
 from .registry import Stream
 
 log = logging.getLogger("streaming.runner")
-finished = logging.getLogger("streaming.finished")  # one JSON line per finished stream
+finished = logging.getLogger("streaming.finished")  # one structured record per finished stream
 
-TERMINAL_STATUS = {"stream_complete": "complete", "stream_cancelled": "cancelled", "stream_error": "error"}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: str  # complete | cancelled | error
-    reason: str = ""  # cancel reason
-    error_type: str = ""
-    detail: str = ""  # safe to show the user
-    internal: str = ""  # what the upstream said, keys redacted: the log and staff only
+FINALIZE_ATTEMPTS = 8  # backing off up to 5 s: rides out a database restart
 
 
 @dataclass(frozen=True)
@@ -35,7 +26,7 @@ class Limits:
 
 
 class Store(Protocol):
-    """Where a stream's row lives (chat/streams.py implements it on the Message model)."""
+    """Where a stream's row lives (chat/answers.py implements it on the Message model)."""
 
     async def start(self, message_id: int) -> bool:
         """pending → streaming; False when the row is no longer pending."""
@@ -43,8 +34,8 @@ class Store(Protocol):
     async def flush(self, message_id: int, text: str, chunk_count: int) -> str | None:
         """Append `text`, refresh the heartbeat; a stop reason when one is stored (or the row is final)."""
 
-    async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int) -> dict:
-        """Write the terminal state once (conditional UPDATE); the terminal event of the row as it ends up."""
+    async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int) -> Ending:
+        """Write the terminal state once (conditional UPDATE); the row's Ending as it ends up."""
 
 
 class Runner:
@@ -75,23 +66,24 @@ class Runner:
             next_flush = time.monotonic() + limits.flush_interval
             while True:
                 now = time.monotonic()
-                deadline = min(next_flush, stream.started + limits.max_age, stream.last_update + limits.stale_after)
+                deadline = min(next_flush, stream.started_monotonic + limits.max_age,
+                               stream.last_progress + limits.stale_after)
                 await asyncio.wait({reader}, timeout=max(deadline - now, 0))
                 if reader.done():
                     reader.result()
                     return Outcome("complete")
                 now = time.monotonic()
-                if now - stream.started >= limits.max_age:
-                    return self._stop("timeout")
-                if now - stream.last_update >= limits.stale_after:
-                    return self._stop("stale")
+                if now - stream.started_monotonic >= limits.max_age:
+                    return self._stopped("timeout")
+                if now - stream.last_progress >= limits.stale_after:
+                    return self._stopped("stale")
                 if now >= next_flush:
                     requested = await self._flush()
                     if requested:
-                        return self._stop(requested)
+                        return self._stopped(requested)
                     next_flush = time.monotonic() + limits.flush_interval
         except asyncio.CancelledError:
-            return Outcome("cancelled", reason=stream.cancel_reason or "shutdown")
+            return Outcome("cancelled", reason=stream.stop_reason or "shutdown")
         except ProviderError as error:
             log.warning("stream %s: %s error: %s", stream.message_id, error.error_type, error.internal or error.detail)
             return Outcome("error", error_type=error.error_type, detail=error.detail, internal=error.internal)
@@ -103,12 +95,10 @@ class Runner:
                 reader.cancel()
                 await asyncio.wait({reader})
 
-    def _stop(self, reason: str) -> Outcome:
-        # Marks the stream as stopping, so a cancel arriving now does not interrupt finalization.
-        if self.stream.cancel_reason is None:
-            self.stream.cancel_reason = reason
-            self.stream.stop_requested = time.monotonic()
-        return Outcome("cancelled", reason=self.stream.cancel_reason)
+    def _stopped(self, reason: str) -> Outcome:
+        # Claimed on the stream, so a stop arriving now does not interrupt finalization.
+        self.stream.claim_stop(reason)
+        return Outcome("cancelled", reason=self.stream.stop_reason)
 
     async def _read(self) -> None:
         stream, relay, unsaved = self.stream, self.stream.relay, self.unsaved
@@ -116,11 +106,12 @@ class Runner:
             async for delta in deltas:
                 if not delta:
                     continue
-                if stream.first_chunk is None:
-                    stream.first_chunk = time.monotonic()
-                    metrics.time_to_first_chunk.observe(stream.first_chunk - stream.started)
+                now = time.monotonic()
+                if stream.first_chunk_at is None:
+                    stream.first_chunk_at = now
+                    metrics.time_to_first_chunk.observe(now - stream.started_monotonic)
                 stream.chunk_count += 1
-                stream.last_update = time.monotonic()
+                stream.last_progress = now
                 unsaved.append(delta)
                 relay.add(delta)
 
@@ -144,35 +135,34 @@ class Runner:
         stream = self.stream
         stream.relay.emit()  # the terminal content is exactly the text of the frames sent before it
         content = stream.relay.text()
-        for attempt in range(8):
+        for attempt in range(FINALIZE_ATTEMPTS):
             try:
-                event = await self.store.finalize(stream.message_id, outcome, content, stream.chunk_count)
+                ending = await self.store.finalize(stream.message_id, outcome, content, stream.chunk_count)
                 break
             except Exception:
                 log.warning("stream %s: finalize failed (attempt %d)", stream.message_id, attempt + 1, exc_info=True)
                 await asyncio.sleep(min(0.1 * 2**attempt, 5))
         else:
             log.error("stream %s: could not be finalized; the sweeper will", stream.message_id)
-            stream.outcome.cancel()
+            stream.ending.cancel()
             return
-        stream.relay.finish(event)
-        stream.outcome.set_result(event)
-        self._record(event)
+        stream.relay.finish(ending.event)
+        stream.ending.set_result(ending)
+        self._record(ending, len(content))
 
-    def _record(self, event: dict) -> None:
-        """Metrics and one structured log line per finished stream."""
+    def _record(self, ending: Ending, chars: int) -> None:
+        """Metrics and one structured log record per finished stream."""
         stream, now = self.stream, time.monotonic()
-        status = TERMINAL_STATUS.get(event["type"], event["type"])
-        detail = event.get("reason") or event.get("error_type") or ""
-        metrics.streams_finished.labels(status, detail).inc()
-        if status == "error":
-            metrics.upstream_errors.labels(detail).inc()
-        if status == "cancelled" and stream.stop_requested is not None:
-            metrics.cancel_latency.observe(now - stream.stop_requested)
-        finished.info(json.dumps({
+        metrics.streams_finished.labels(ending.status, ending.detail).inc()
+        if ending.status == "error":
+            metrics.upstream_errors.labels(ending.detail).inc()
+        if ending.status == "cancelled" and stream.stop_requested_at is not None:
+            metrics.cancel_latency.observe(now - stream.stop_requested_at)
+        ttfc = stream.first_chunk_at - stream.started_monotonic if stream.first_chunk_at else None
+        record = {
             "event": "stream_finished", "message_id": stream.message_id, "user_id": stream.user_id,
-            "status": status, "reason": detail, "chunks": stream.chunk_count, "frames": stream.relay.seq,
-            "chars": len(event.get("content", "")), "duration_ms": round((now - stream.started) * 1000),
-            "ttfb_ms": round((stream.first_chunk - stream.started) * 1000) if stream.first_chunk else None,
-            "worker": stream.worker,
-        }))
+            "status": ending.status, "reason": ending.detail, "chunks": stream.chunk_count, "frames": stream.relay.seq,
+            "chars": chars, "duration_ms": round((now - stream.started_monotonic) * 1000),
+            "ttfc_ms": round(ttfc * 1000) if ttfc is not None else None, "worker": stream.worker,
+        }
+        finished.info("stream %s finished: %s %s", stream.message_id, ending.status, ending.detail, extra=record)

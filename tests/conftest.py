@@ -34,6 +34,7 @@ def llm(settings, upstream):
     settings.STREAM_FLUSH_INTERVAL = 0.1
     settings.STREAM_FRAME_INTERVAL = 0.0
     settings.STREAM_DISCONNECT_GRACE = 0
+    settings.STREAM_SENDS_PER_MINUTE = 0  # tests send quickly; tests/test_limits.py checks the limit
     return upstream
 
 
@@ -46,7 +47,8 @@ async def no_leaks():
             break
         await asyncio.sleep(0.01)
     leaked = registry.stats()
-    registry.cancel_all("shutdown")
+    for stats in leaked:
+        registry.stop(stats["message_id"], "shutdown")
     await bus.stop()
     await writer.close()
     await aclose_clients()

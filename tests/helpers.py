@@ -50,8 +50,8 @@ class Inbox:
     def __init__(self):
         self.events = []
 
-    def deliver(self, message_id, text, final):
-        self.events.append((json.loads(text), final))
+    def deliver(self, frame):
+        self.events.append((json.loads(frame.text), frame.final))
 
     def chunks(self):
         return [(e["seq"], e["delta"]) for e, _ in self.events if e["type"] == "message_chunk"]

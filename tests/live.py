@@ -36,6 +36,7 @@ class LiveServer:
             "DATABASE_URL": f"sqlite:///{workdir / 'live.sqlite3'}",
             "DJANGO_SETTINGS_MODULE": "chatproj.settings",
             "DEBUG": "1",
+            "STREAM_SENDS_PER_MINUTE": "0",  # tests send quickly; tests/test_limits.py checks the limit
             **env,
         }
         self.log = open(workdir / f"daphne-{self.port}.log", "w")

@@ -52,7 +52,7 @@ def test_it_stops_selected_streams_through_the_cancel_service(admin_client, mess
     }, follow=True)
     assert "Stopped 1 stream(s)" in response.content.decode()
     orphan = Message.objects.get(pk=messages["orphan"].pk)
-    assert (orphan.status, orphan.cancel_reason, orphan.content) == ("cancelled", "user", "saved before the worker died")
+    assert (orphan.status, orphan.cancel_reason, orphan.content) == ("cancelled", "admin", "saved before the worker died")
     assert orphan.cancel_requested_at is not None
     assert Message.objects.get(pk=messages["complete"].pk).status == "complete"
 

@@ -7,8 +7,8 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import services
-from chat.models import Message, Project
+from chat import answers
+from chat.models import Message, Project, Worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,7 +83,7 @@ def test_its_stop_button_finalizes_an_orphan_keeping_its_content(admin_client, o
     assert response.redirect_chain == [(ACTIVE_URL, 302)]
     assert f"Stopped message {orphan.pk}." in response.content.decode()
     stopped = Message.objects.get(pk=orphan.pk)
-    assert (stopped.status, stopped.cancel_reason, stopped.content) == ("cancelled", "user", "kept after the stop")
+    assert (stopped.status, stopped.cancel_reason, stopped.content) == ("cancelled", "admin", "kept after the stop")
     assert stopped.finished_at is not None
 
 
@@ -100,8 +100,9 @@ def test_its_stop_button_only_answers_post(admin_client, orphan):
 @pytest.fixture
 def elsewhere(project, monkeypatch):
     """A streaming row of another process that is alive (fresh heartbeat) but does not answer."""
-    monkeypatch.setattr(services, "CANCEL_WAIT", 0.3)
+    monkeypatch.setattr(answers, "STOP_WAIT", 0.3)
     now = timezone.now()
+    Worker.objects.create(id="elsewhere:4242:1")
     return Message.objects.create(
         project=project, role="assistant", status="streaming", content="so far", chunk_count=2,
         started_at=now, last_chunk_at=now, worker="elsewhere:4242:1",
@@ -112,7 +113,7 @@ def test_its_stop_button_says_when_another_process_has_not_confirmed_yet(admin_c
     response = admin_client.post(reverse("admin:chat_message_stop", args=[elsewhere.pk]), follow=True)
     assert f"Stop of message {elsewhere.pk} requested; its server process has not confirmed it yet." in response.content.decode()
     row = Message.objects.get(pk=elsewhere.pk)
-    assert (row.status, row.cancel_requested_reason) == ("streaming", "user") and row.cancel_requested_at is not None
+    assert (row.status, row.cancel_requested_reason) == ("streaming", "admin") and row.cancel_requested_at is not None
 
 
 def test_the_stop_action_counts_stops_not_confirmed_yet(admin_client, elsewhere):

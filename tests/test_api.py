@@ -128,13 +128,15 @@ async def test_it_reports_health(api):
 
 
 async def test_it_answers_202_when_another_live_process_has_not_confirmed_the_stop(api, project, monkeypatch):
-    from chat import services
+    from chat import answers
+    from chat.models import Worker
 
-    monkeypatch.setattr(services, "CANCEL_WAIT", 0.1)
+    monkeypatch.setattr(answers, "STOP_WAIT", 0.1)
 
     def remote_stream():
         from django.utils import timezone
 
+        Worker.objects.create(id="another-host:1:1")  # alive: a fresh heartbeat
         return Message.objects.create(
             project=project, role="assistant", status="streaming", content="so far",
             worker="another-host:1:1", started_at=timezone.now(), last_chunk_at=timezone.now(),

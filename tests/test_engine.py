@@ -6,12 +6,13 @@ import json
 import pytest
 
 from streaming.registry import Registry, Stream
-from streaming.relay import MAX_MESSAGE_BYTES, Relay, dump_terminal
+from chat.protocol import ENCODER, MAX_MESSAGE_BYTES
+from streaming.relay import Relay
 from tests.helpers import Inbox
 
 
 def make_stream(message_id=1, user_id=7, interval=0.0):
-    return Stream(message_id=message_id, user_id=user_id, project_id=1, relay=Relay(message_id, interval))
+    return Stream(message_id=message_id, user_id=user_id, project_id=1, relay=Relay(message_id, interval, ENCODER))
 
 
 async def test_it_forgets_a_stream_when_it_ends_however_it_ends():
@@ -28,16 +29,16 @@ async def test_it_forgets_a_stream_when_it_ends_however_it_ends():
     assert registry.active_count() == 0 and registry.stats() == []
 
 
-async def test_it_cancels_once_with_the_first_reason():
+async def test_it_stops_once_with_the_first_reason():
     registry = Registry()
     stream = make_stream()
     registry.start(stream, asyncio.sleep(10))
-    assert registry.cancel(1, "user") is True
-    assert registry.cancel(1, "limit") is True
-    assert stream.cancel_reason == "user"
+    assert registry.stop(1, "user") is True
+    assert registry.stop(1, "limit") is True
+    assert stream.stop_reason == "user"
     with pytest.raises(asyncio.CancelledError):
         await stream.task
-    assert registry.cancel(1, "user") is False
+    assert registry.stop(1, "user") is False
     assert not registry.is_active(1)
 
 
@@ -63,11 +64,11 @@ async def test_it_cancels_a_stream_nobody_watches_after_the_grace():
     assert registry.is_active(1)
     registry.detach(1, watcher, grace=0.05)
     await asyncio.sleep(0.08)
-    assert stream.cancel_reason == "disconnect" and not registry.is_active(1)
+    assert stream.stop_reason == "disconnect" and not registry.is_active(1)
 
 
 async def test_it_joins_deltas_within_the_frame_interval_and_keeps_their_text():
-    relay = Relay(5, frame_interval=0.05)
+    relay = Relay(5, frame_interval=0.05, encoder=ENCODER)
     watcher = Inbox()
     relay.attach(watcher)
     for piece in ["a", "b", "c"]:
@@ -80,7 +81,7 @@ async def test_it_joins_deltas_within_the_frame_interval_and_keeps_their_text():
 
 
 async def test_it_replays_exactly_the_missed_frames_to_a_late_watcher():
-    relay = Relay(5, frame_interval=0)
+    relay = Relay(5, frame_interval=0, encoder=ENCODER)
     for piece in ["a", "b", "c", "d"]:
         relay.add(piece)
     late = Inbox()
@@ -100,7 +101,7 @@ async def test_it_replays_exactly_the_missed_frames_to_a_late_watcher():
 def test_a_terminal_event_too_large_for_one_socket_message_goes_without_its_text(text, omitted):
     event = {"type": "stream_cancelled", "message_id": 3, "content": text, "chunk_count": 9, "reason": "user",
              "partial_content": text + "\n\n[cancelled]"}
-    sent = dump_terminal(event)
+    sent = ENCODER.final(event)
     assert len(sent.encode()) <= MAX_MESSAGE_BYTES
     if omitted:
         assert json.loads(sent) == {"type": "stream_cancelled", "message_id": 3, "chunk_count": 9, "reason": "user",

@@ -8,7 +8,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from chat.frames import FrameError, parse_frame, parse_send_body
+from chat.protocol import FrameError, parse_frame, parse_send_body
 from chat.models import Message, ProjectFile
 from tests.helpers import receive_until, send_prompt
 
@@ -154,12 +154,12 @@ def test_the_sse_body_parser_answers_any_bytes_with_a_frame_or_a_frame_error(raw
 @db
 async def test_an_unexpected_failure_of_a_send_is_an_error_frame_not_a_closed_socket(connect, project, user,
                                                                                      monkeypatch):
-    from chat import streams
+    from chat import answers
 
     async def broken(**kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(streams, "answer_prompt", broken)
+    monkeypatch.setattr(answers, "start", broken)
     ws = await connect(project, user)
     await ws.send_json_to({"type": "send", "content": "hi"})
     error = await ws.receive_json_from(timeout=5)
@@ -170,12 +170,12 @@ async def test_an_unexpected_failure_of_a_send_is_an_error_frame_not_a_closed_so
 
 @db
 async def test_an_unexpected_failure_of_an_sse_send_is_a_503_with_json(api, project, monkeypatch):
-    from chat import streams
+    from chat import answers
 
     async def broken(**kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(streams, "answer_prompt", broken)
+    monkeypatch.setattr(answers, "start", broken)
     response = await api.post(f"/api/projects/{project.pk}/chat/", json={"content": "hi"})
     assert response.status_code == 503 and response.json()["code"] == "unavailable"
     assert "a bug" not in response.text

@@ -103,6 +103,6 @@ async def test_it_stops_a_running_stream_from_the_admin_action(server, client, p
         })
         cancelled = (await frames_until(ws, *TERMINAL))[-1]
     assert response.status_code == 302
-    assert (cancelled["type"], cancelled["reason"]) == ("stream_cancelled", "user")
+    assert (cancelled["type"], cancelled["reason"]) == ("stream_cancelled", "admin")
     changelist = client.get("/admin/chat/message/", params={"status__exact": "cancelled"}).text
     assert f"/admin/chat/message/{answer_id}/change/" in changelist

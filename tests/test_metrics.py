@@ -1,6 +1,5 @@
 """/metrics in Prometheus format, for staff or the local host; one log line per finished stream."""
 
-import json
 import logging
 
 import pytest
@@ -44,8 +43,7 @@ async def test_it_counts_finished_streams_errors_and_cancel_latency(llm, api, co
     lines = {}
     for record in caplog.records:
         if record.name == "streaming.finished":
-            line = json.loads(record.getMessage())
-            lines[line["message_id"]] = line
+            lines[record.message_id] = record.__dict__
     cancelled, failed = lines[answer_id], lines[max(lines)]
     assert (cancelled["status"], cancelled["reason"]) == ("cancelled", "user")
     assert cancelled["chunks"] >= 1 and cancelled["duration_ms"] >= 0 and cancelled["chars"] > 0

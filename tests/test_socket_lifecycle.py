@@ -6,7 +6,7 @@ import time
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import streams
+from chat import answers
 from chat.models import Message
 from streaming.registry import registry
 from tests.helpers import Inbox, assert_contiguous, chunks_text, receive_until, send_prompt, wait_for
@@ -181,11 +181,11 @@ async def test_it_reports_an_unreachable_upstream_as_a_network_error(llm, settin
 async def test_it_finalizes_an_answer_cancelled_before_its_task_first_ran(llm, project, user):
     llm.enqueue(endless_reply(delay=0.01))
     inbox = Inbox()
-    answer = await streams.answer_prompt(
+    answer = await answers.start(
         user=user, project=project, content="hi", include_context=False, context_files=[], client_id=None, watcher=inbox,
     )
-    assert registry.cancel(answer.pk, "shutdown")
-    event = await registry.wait(answer.pk)
+    assert registry.stop(answer.pk, "shutdown")
+    event = (await registry.wait(answer.pk)).event
     assert (event["type"], event["reason"], event["content"]) == ("stream_cancelled", "shutdown", "")
     message = await row(answer.pk)
     assert (message.status, message.cancel_reason) == ("cancelled", "shutdown")

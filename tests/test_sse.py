@@ -13,9 +13,10 @@ import httpx
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import sse, streams
+from chat import answers, sse
 from chat.models import Message, Project
 from streaming.registry import registry
+from streaming.worker import WORKER_ID
 from tests.conftest import ORIGIN, cookie_header, session_cookies
 from tests.helpers import TERMINAL, assert_contiguous, chunks_text, wait_for
 # A daphne of this module's own, with STREAM_DISCONNECT_GRACE=0, signed in.
@@ -106,8 +107,8 @@ class TestInProcess:
 
     async def test_it_answers_429_at_the_per_user_cap(self, api, project, settings):
         settings.STREAM_MAX_PER_USER = 1
-        await database_sync_to_async(Message.objects.create)(
-            project=project, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
+        await database_sync_to_async(Message.objects.create)(  # produced by this (live) process
+            project=project, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, worker=WORKER_ID,
         )
         response = await api.post(chat_url(project.pk), json={"content": "one more"})
         assert response.status_code == 429
@@ -117,7 +118,7 @@ class TestInProcess:
         async def layer_down():
             return False
 
-        monkeypatch.setattr(streams.bus, "check", layer_down)
+        monkeypatch.setattr(answers.bus, "check", layer_down)
         response = await api.post(chat_url(project.pk), json={"content": "hi"})
         assert response.status_code == 503 and response.json()["code"] == "unavailable"
 

@@ -10,6 +10,7 @@ const BOTTOM_SLACK_PX = 40;
 const ACTIVE_STATUSES = new Set(["pending", "streaming"]);
 const CLOSE_SIGNED_OUT = 4401;
 const CLOSE_NOT_FOUND = 4404;
+const CLOSE_TOO_MANY = 4429;
 
 const messagesEl = document.getElementById("messages");
 const promptEl = document.getElementById("prompt");
@@ -201,9 +202,10 @@ function showAlert(text) {
   alertsEl.append(alert);
 }
 
-function errorText({ code, detail }) {
+function errorText({ code, detail, retry_after }) {
   if (code === "limit_exceeded") return `Too many answers are streaming at once. ${detail ?? ""}`.trim();
   if (code === "unavailable") return "The server is temporarily unavailable. Please try again in a moment.";
+  if (code === "rate_limited") return `You are sending prompts too quickly. Try again in ${retry_after ?? 60} s.`;
   return detail || `Something went wrong (${code}).`;
 }
 
@@ -368,6 +370,8 @@ function connect() {
       setBanner("signed-out", "You are signed out.", { href, text: "Sign in again" });
     } else if (event.code === CLOSE_NOT_FOUND) {
       setBanner("not-found", "This project was not found.");
+    } else if (event.code === CLOSE_TOO_MANY) {
+      setBanner("too-many", "Too many chat tabs are open. Close some, then reload this one.");
     } else {
       setBanner("reconnecting", "Reconnecting…");
       setTimeout(connect, retryDelay);

@@ -56,9 +56,9 @@ def state_changes(page: Page, element_id: str) -> list[tuple[str, str, float]]:
     return changes
 
 
-def expect_stopped_by_user(page: Page, bubble: Locator) -> None:
+def expect_stopped_by_user(page: Page, bubble: Locator, marker: str = "[Response cancelled by user]") -> None:
     expect(bubble).to_have_attribute("data-status", "cancelled")
-    expect(bubble.locator("p.marker")).to_have_text("[Response cancelled by user]")
+    expect(bubble.locator("p.marker")).to_have_text(marker)
     expect(page.locator("#send-button")).to_have_attribute("data-state", "send")
     expect(page.locator("#send-button")).to_have_text("Send")
 

@@ -31,18 +31,18 @@ def test_an_operator_stops_a_stream_from_the_active_streams_page(new_context, fa
 
     expect(admin.locator(".messagelist")).to_contain_text(f"Stopped message {message_id}.")
     expect(row).to_have_count(0)
-    expect_stopped_by_user(chat, answer)
+    expect_stopped_by_user(chat, answer, marker="[Response stopped by an operator]")
     partial = answer.locator(".message-body").inner_text()
 
     admin.get_by_role("link", name="Messages").first.click()
     admin.locator("#changelist-filter").get_by_role("link", name="Cancelled").click()
     expect(admin).to_have_url(re.compile(r"status__exact=cancelled"))
     listed = admin.locator("#result_list tbody tr").filter(has=admin.get_by_role("link", name=message_id, exact=True))
-    expect(listed.locator("td.field-cancel_reason")).to_have_text("User")
-    expect(listed.locator("td.field-marker")).to_have_text("[Response cancelled by user]")
+    expect(listed.locator("td.field-cancel_reason")).to_have_text("Admin")
+    expect(listed.locator("td.field-marker")).to_have_text("[Response stopped by an operator]")
     expect(listed.locator("td.field-preview")).to_contain_text(partial[:40])
     screenshot(admin, "admin-cancelled-messages.png")
 
     admin.goto(f"/admin/chat/project/{project_id}/change/")
     inline = admin.locator(".inline-group tbody tr").filter(has_text="cancelled")
-    expect(inline.locator("td.field-marker")).to_have_text("[Response cancelled by user]")
+    expect(inline.locator("td.field-marker")).to_have_text("[Response stopped by an operator]")

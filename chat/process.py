@@ -1,6 +1,10 @@
-"""A clean stop under daphne: on SIGTERM (or SIGINT) every stream this process owns is
-finalized as `cancelled`/`shutdown`, with its text saved and its watchers told, before
-daphne closes the sockets and exits.
+"""This server process's start and stop (DESIGN.md principles 10 and 11).
+
+At start: the heartbeat and the sweep of dead workers' answers (chat/liveness.py).
+On SIGTERM (or SIGINT): every answer this process produces is finalized as
+`cancelled`/`shutdown`, its text saved and its watchers told, before the sockets close;
+then every background loop ends (liveness, the bus, the layer's receives), so nothing
+keeps the process alive past its shutdown.
 
 Daphne cancels every application at shutdown, and a cancelled consumer can no longer
 tell its socket anything; so the streams are stopped first, from our own signal
@@ -17,15 +21,16 @@ from channels.layers import get_channel_layer
 
 from streaming.registry import registry
 
-from . import writer
+from . import answers, writer
 from .bus import bus
+from .liveness import liveness
 
-log = logging.getLogger("chat.shutdown")
+log = logging.getLogger("chat.process")
 
 STREAMS_TIMEOUT = 10.0  # within daphne's application close timeout
 
 
-def install_daphne_shutdown() -> None:
+def install_daphne_hooks() -> None:
     reactor = sys.modules.get("twisted.internet.reactor")
     if reactor is None:  # not under daphne (tests, management commands)
         return
@@ -41,29 +46,41 @@ def _install_handlers(reactor) -> None:
             reactor.callFromThread(reactor.stop)  # a second signal: stop now
             return
         state["stopping"] = True
-        reactor.callFromThread(lambda: asyncio.ensure_future(_stop_streams_then(reactor)))
+        reactor.callFromThread(lambda: asyncio.ensure_future(_stop_then(reactor)))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, begin)
     # Callbacks of callWhenRunning run before the loop does; callLater's, inside it.
-    reactor.callLater(0, lambda: atexit.register(_finish_abandoned_tasks, asyncio.get_running_loop()))
+    reactor.callLater(0, _started)
 
 
-async def _stop_streams_then(reactor) -> None:
-    count = registry.active_count()
+def _started() -> None:
+    atexit.register(_finish_abandoned_tasks, asyncio.get_running_loop())
+    liveness.start()
+
+
+async def _stop_then(reactor) -> None:
     try:
-        log.info("shutting down: stopping %d stream(s)", count)
-        await registry.shutdown("shutdown", timeout=STREAMS_TIMEOUT)
+        await stop_this_process()
+    finally:
+        reactor.stop()
+
+
+async def stop_this_process() -> None:
+    """Finalize this process's answers, then end its background loops."""
+    try:
+        log.info("shutting down: stopping %d stream(s)", registry.active_count())
+        await answers.stop_every_answer_here(reason="shutdown", timeout=STREAMS_TIMEOUT)
+        await liveness.stop()
         await bus.drain(timeout=2.0)
-        await asyncio.sleep(0.2)  # the sockets' writers send the terminal events
+        await asyncio.sleep(0.2)  # the sockets' senders send the terminal events
         await bus.stop()
         await writer.close()
     except Exception:
         log.exception("shutdown of the streams failed")
     finally:
-        # Daphne waits for every consumer it cancels; none may wait for Redis any longer.
+        # The server waits for every consumer it cancels; none may wait for Redis any longer.
         get_channel_layer().stopping = True
-        reactor.stop()
 
 
 def _finish_abandoned_tasks(loop: asyncio.AbstractEventLoop) -> None:

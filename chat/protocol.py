@@ -1,10 +1,21 @@
-"""Validation of client → server socket frames and of the SSE send body (PROTOCOL.md).
+"""The wire protocol (docs/protocol.md): client frames in, events out, error codes, and the
+one table that maps what went wrong to a socket error code and an HTTP status.
 
-Everything is checked here, before it reaches the database: PostgreSQL cannot store
+Frames are checked here, before anything reaches the database: PostgreSQL cannot store
 NUL, no database can store a lone surrogate, and deep JSON exhausts the parser's stack.
 """
 
 import json
+
+from streaming.ends import Ending
+from streaming.relay import MAX_DELTA_CHARS
+
+from .errors import (
+    LimitExceeded, MessageAlreadyFinished, NotFound, RateLimited, ServiceError, SessionEnded, StreamUnavailable,
+)
+from .models import Message
+
+# -- frames in --------------------------------------------------------------------------------
 
 MAX_CONTENT = 32000
 MAX_DEPTH = 32  # no frame of ours nests deeper than 3; this is only a sane bound
@@ -158,3 +169,112 @@ def _quote(value) -> str:
 
 
 VALIDATORS = {"send": _send, "cancel": _cancel, "resume": _resume, "ping": _ping}
+
+
+# -- events out ----------------------------------------------------------------------------
+
+# Daphne's default websocket_max_message_size (1 MiB) applies to what it sends too,
+# less room for the frame header.
+MAX_MESSAGE_BYTES = 1024 * 1024 - 1024
+assert 6 * MAX_DELTA_CHARS < MAX_MESSAGE_BYTES  # a chunk fits even with every character escaped
+
+
+def dump(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def message_dict(message: Message) -> dict:
+    data = {"id": message.pk, "role": message.role, "content": message.content,
+            "created_at": message.created_at.isoformat()}
+    if message.role == Message.Role.ASSISTANT:
+        data["status"] = message.status
+    return data
+
+
+def message_created(user_message: Message, assistant_message: Message, client_id=None) -> dict:
+    assistant = message_dict(assistant_message)
+    del assistant["content"]
+    return {"type": "message_created", "user_message": message_dict(user_message),
+            "assistant_message": assistant, "client_id": client_id}
+
+
+def terminal(message: Message) -> dict:
+    """The terminal event of a finished message."""
+    event = {"message_id": message.pk, "content": message.content, "chunk_count": message.chunk_count}
+    if message.status == Message.Status.COMPLETE:
+        return {"type": "stream_complete", **event}
+    if message.status == Message.Status.CANCELLED:
+        return {"type": "stream_cancelled", **event, "reason": message.cancel_reason,
+                "partial_content": message.display_content}
+    if message.status == Message.Status.ERROR:
+        return {"type": "stream_error", **event, "error": message.error_detail, "error_type": message.error_type,
+                "partial_content": message.display_content}
+    raise ValueError(f"message {message.pk} is still {message.status}")
+
+
+def ending(message: Message) -> Ending:
+    """What the engine is told of a finished row."""
+    return Ending(status=message.status, detail=message.cancel_reason or message.error_type, event=terminal(message))
+
+
+def error(code: str, detail: str, message_id=None, **extra) -> dict:
+    event = {"type": "error", "code": code, "detail": detail, **extra}
+    if message_id is not None:
+        event["message_id"] = message_id
+    return event
+
+
+class WireEncoder:
+    """The engine's frames as JSON text (streaming.relay.Encoder)."""
+
+    def chunk(self, message_id: int, seq: int, delta: str) -> str:
+        return dump({"type": "message_chunk", "message_id": message_id, "seq": seq, "delta": delta})
+
+    def final(self, event: dict) -> str:
+        """A terminal event; one too large for a websocket message goes without its text:
+        `content` dropped, `partial_content` holding only the marker, `content_omitted: true`
+        (its watchers have every delta; the row has the text). Decided from the length of the
+        text where it can be, so a long answer is not serialized whole only to be thrown away."""
+        content = event.get("content") or ""
+        if 2 * len(content) <= MAX_MESSAGE_BYTES:  # content and partial_content, a byte a character at least
+            text = dump(event)
+            if len(text) * 4 <= MAX_MESSAGE_BYTES or len(text.encode()) <= MAX_MESSAGE_BYTES:
+                return text
+        slim = {key: value for key, value in event.items() if key != "content"}
+        if "partial_content" in slim:
+            slim["partial_content"] = slim["partial_content"][len(content):]
+        slim["content_omitted"] = True
+        return dump(slim)
+
+
+ENCODER = WireEncoder()
+
+# -- errors: one table for the socket and for HTTP ----------------------------------------------------
+
+# exception -> (socket error code, HTTP status); the first match wins, so subclasses come first.
+ERRORS = [
+    (NotFound, "not_found", 404),
+    (SessionEnded, "validation", 403),  # the socket closes with 4401 instead
+    (RateLimited, "rate_limited", 429),
+    (LimitExceeded, "limit_exceeded", 429),
+    (StreamUnavailable, "unavailable", 503),
+    (ServiceError, "validation", 400),
+    (MessageAlreadyFinished, "already_finished", 409),
+]
+UNEXPECTED = "The server could not handle this request; please try again."
+EXPECTED = (FrameError, ServiceError, MessageAlreadyFinished)  # anything else is logged as a failure
+
+
+def error_for(exc: Exception, message_id=None) -> tuple[dict, int]:
+    """The `error` event for what went wrong, and the HTTP status that goes with it."""
+    if isinstance(exc, FrameError):
+        return error(exc.code, exc.detail, exc.message_id), 404 if exc.code == "not_found" else 400
+    if isinstance(exc, RateLimited):
+        return error("rate_limited", str(exc), message_id, retry_after=exc.retry_after), 429
+    if isinstance(exc, MessageAlreadyFinished):
+        detail = f"Message {exc.event['message_id']} is already {exc.status}."
+        return error("already_finished", detail, exc.event["message_id"]), 409
+    for kind, code, status in ERRORS:
+        if isinstance(exc, kind):
+            return error(code, str(exc), message_id), status
+    return error("unavailable", UNEXPECTED, message_id), 503
