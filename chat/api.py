@@ -40,29 +40,37 @@ class MessageList(generics.ListAPIView):
 
 
 class ChatCancel(APIView):
+    """Stop an answer. Answers carry our fields and, beside them, the original ticket's
+    (`success`, `messageId`, `message` or `error`), whose client reads those."""
+
     def post(self, request, project_id):
         serializer = CancelSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        if not serializer.is_valid():
+            return _cancel_response(status.HTTP_400_BAD_REQUEST, None, error="A message id is required.",
+                                    **serializer.errors)
         message_id = serializer.validated_data["message_id"]
         try:
             selectors.message_get(user=request.user, project_id=project_id, message_id=message_id)
             stopped = async_to_sync(answers.stop)(message_id=message_id, reason=Message.CancelReason.USER)
         except NotFound:
-            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+            return _cancel_response(status.HTTP_404_NOT_FOUND, message_id, error="Stream not found.",
+                                    detail="Not found.")
         except MessageAlreadyFinished as finished:
-            return Response({"message_id": message_id, "status": finished.status}, status=status.HTTP_409_CONFLICT)
+            return _cancel_response(status.HTTP_409_CONFLICT, message_id, status=finished.status,
+                                    error=f"The answer is already {finished.status}.")
         except StopPending as pending:
             # Stored and sent, but the producing process has not confirmed within the wait.
-            return Response({
-                "message_id": message_id, "status": pending.message.status, "reason": Message.CancelReason.USER,
-                "cancel_requested": True, "partial_content": pending.message.content,
-            }, status=status.HTTP_202_ACCEPTED)
-        return Response({
-            "message_id": message_id,
-            "status": Message.Status.CANCELLED,
-            "reason": stopped.event["reason"],
-            "partial_content": stopped.event["partial_content"],
-        })
+            return _cancel_response(status.HTTP_202_ACCEPTED, message_id, message="Stream cancellation requested.",
+                                    status=pending.message.status, reason=Message.CancelReason.USER,
+                                    cancel_requested=True, partial_content=pending.message.content)
+        return _cancel_response(status.HTTP_200_OK, message_id, message="Stream cancelled successfully.",
+                                status=Message.Status.CANCELLED, reason=stopped.event["reason"],
+                                partial_content=stopped.event["partial_content"])
+
+
+def _cancel_response(code: int, answer_id: int | None, **fields) -> Response:
+    ids = {"message_id": answer_id, "messageId": answer_id} if answer_id is not None else {}
+    return Response({"success": code < 300, **ids, **fields}, status=code)
 
 
 class StreamList(APIView):

@@ -5,7 +5,11 @@ from . import api, sse
 urlpatterns = [
     path("projects/", api.ProjectListCreate.as_view(), name="api-projects"),
     path("projects/<int:project_id>/messages/", api.MessageList.as_view(), name="api-messages"),
+    # Both forms of each, with and without the slash: the original ticket's client POSTs
+    # without one, and a POST cannot be redirected to the other.
     path("projects/<int:project_id>/chat/", sse.chat_stream, name="api-chat"),
+    path("projects/<int:project_id>/chat", sse.chat_stream),
     path("projects/<int:project_id>/chat/cancel", api.ChatCancel.as_view(), name="api-chat-cancel"),
+    path("projects/<int:project_id>/chat/cancel/", api.ChatCancel.as_view()),
     path("streams/", api.StreamList.as_view(), name="api-streams"),
 ]

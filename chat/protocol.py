@@ -249,6 +249,48 @@ class WireEncoder:
 
 ENCODER = WireEncoder()
 
+
+class TicketEvents:
+    """The events of one SSE response with the original ticket's names beside ours
+    (docs/protocol-notes.md, "The ticket's client"): its client reads `messageId`,
+    `userMessage` and `assistantMessage`, a chunk's whole text so far in `content`,
+    `finalContent`, `partialContent`, `error` and `errorType`. The socket keeps its
+    compact events; only SSE pays for the text so far, once per (coalesced) frame."""
+
+    def __init__(self):
+        self.text = ""  # the answer so far
+
+    def encode(self, frame) -> str:
+        if not frame.final and frame.seq:
+            self.text += frame.delta
+            return dump({"type": "message_chunk", "message_id": frame.message_id, "seq": frame.seq,
+                         "delta": frame.delta, "messageId": frame.message_id, "content": self.text,
+                         "isStreaming": True, "canCancel": True})
+        event = dict(frame.event) if frame.event is not None else json.loads(frame.text)
+        kind = event["type"]
+        if kind == "message_created":
+            user, answer = event["user_message"], event["assistant_message"]
+            event["messageId"] = answer["id"]
+            event["userMessage"] = {"id": user["id"], "content": user["content"], "role": "user",
+                                    "timestamp": user["created_at"]}
+            event["assistantMessage"] = {"id": answer["id"], "content": "", "role": "assistant",
+                                         "timestamp": answer["created_at"], "isLoading": True, "canCancel": True}
+            return dump(event)
+        content = event.get("content", "")
+        event.update(messageId=event["message_id"], isStreaming=False, canCancel=False)
+        if kind == "stream_complete":
+            event["finalContent"] = content
+        elif kind in ("stream_cancelled", "stream_error"):
+            marker = event["partial_content"][len(content):].strip()
+            event.update(partialContent=event["partial_content"],
+                         error=event.get("error") or marker.strip("*[]"),
+                         errorType=event.get("error_type") or "cancelled")
+        if 2 * len(content) > MAX_MESSAGE_BYTES:  # ours, as on the socket; the ticket's fields keep the text
+            del event["content"]
+            event["partial_content"] = event.get("partial_content", "")[len(content):]
+            event["content_omitted"] = True
+        return dump(event)
+
 # -- errors: one table for the socket and for HTTP ----------------------------------------------------
 
 # exception -> (socket error code, HTTP status); the first match wins, so subclasses come first.

@@ -84,6 +84,7 @@ async def _start(user, project, frame: dict):
 
 
 async def _event_stream(watcher: QueueWatcher, message_id: int):
+    events = protocol.TicketEvents()
     try:
         yield ""  # where _start leaves it; Django never sees this
         while True:
@@ -92,7 +93,7 @@ async def _event_stream(watcher: QueueWatcher, message_id: int):
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
-            yield f"data: {frame.text}\n\n"
+            yield f"data: {events.encode(frame)}\n\n"
             if frame.final:
                 return
     finally:

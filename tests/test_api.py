@@ -25,13 +25,16 @@ async def test_it_cancels_a_stream_over_rest_with_the_partial(llm, api, connect,
     assert body == {
         "message_id": answer_id, "status": "cancelled", "reason": "user",
         "partial_content": cancelled["partial_content"],
+        "success": True, "messageId": answer_id, "message": "Stream cancelled successfully.",  # the ticket's names
     }
     assert body["partial_content"].endswith("*[Response cancelled by user]*")
     await wait_for(lambda: llm.requests[0].closed_early)
     message = await database_sync_to_async(Message.objects.get)(pk=answer_id)
     assert message.status == "cancelled" and message.display_content == body["partial_content"]
     again = await api.post(f"/api/projects/{project.pk}/chat/cancel", json={"messageId": answer_id})
-    assert (again.status_code, again.json()) == (409, {"message_id": answer_id, "status": "cancelled"})
+    assert (again.status_code, again.json()) == (409, {
+        "message_id": answer_id, "status": "cancelled",
+        "success": False, "messageId": answer_id, "error": "The answer is already cancelled."})
 
 
 @pytest.mark.parametrize("body", [{}, {"message_id": "abc"}, {"message_id": "5"}, {"message_id": True}, {"message_id": 1.5}, []])
@@ -70,7 +73,9 @@ async def test_it_answers_409_for_a_finished_message(llm, api, connect, project,
     answer_id = (await send_prompt(ws))["assistant_message"]["id"]
     await receive_until(ws, "stream_complete")
     response = await api.post(f"/api/projects/{project.pk}/chat/cancel", json={"message_id": answer_id})
-    assert (response.status_code, response.json()) == (409, {"message_id": answer_id, "status": "complete"})
+    assert response.status_code == 409
+    assert {k: response.json()[k] for k in ("message_id", "status", "success")} == (
+        {"message_id": answer_id, "status": "complete", "success": False})
 
 
 async def test_it_refuses_anonymous_and_csrf_less_cancels(project):
@@ -148,6 +153,7 @@ async def test_it_answers_202_when_another_live_process_has_not_confirmed_the_st
     assert response.json() == {
         "message_id": message.pk, "status": "streaming", "reason": "user", "cancel_requested": True,
         "partial_content": "so far",
+        "success": True, "messageId": message.pk, "message": "Stream cancellation requested.",
     }
     row = await database_sync_to_async(Message.objects.get)(pk=message.pk)
     assert row.cancel_requested_at is not None and row.cancel_requested_reason == "user"

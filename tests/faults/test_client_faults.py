@@ -218,11 +218,11 @@ async def test_it_ends_100_concurrent_cancels_of_one_answer_in_one_terminal_stat
     statuses = sorted(r.status_code for r in responses)
     assert set(statuses) <= {200, 409}, statuses
     for response in responses:
+        ours = {k: v for k, v in response.json().items() if k not in ("success", "messageId", "message", "error")}
         if response.status_code == 200:
-            assert response.json() == {"message_id": answer_id, "status": "cancelled", "reason": "user",
-                                       "partial_content": partial}
+            assert ours == {"message_id": answer_id, "status": "cancelled", "reason": "user", "partial_content": partial}
         else:
-            assert response.json() == {"message_id": answer_id, "status": "cancelled"}
+            assert ours == {"message_id": answer_id, "status": "cancelled"}
     await asyncio.to_thread(module_upstream.wait_closed, request, 5)
     assert request.closed_early
 
