@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.processes import BIN, free_port, start_daphne, stop_daphne
+from harness.processes import BIN, free_port, start_daphne, stop_daphne
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where the servers' code is taken from: the work tree, or a snapshot of a commit

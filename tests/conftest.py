@@ -15,6 +15,20 @@ from tests.upstream import running_upstream
 
 ORIGIN = "http://localhost"
 
+# A test that starts a process (daphne, manage.py, a database, redis-server) or a browser is
+# `slow`: every one under these folders, and any that asks for one of these fixtures.
+# `make test-fast` (pytest -m "not slow") leaves them out.
+SLOW_FOLDERS = ("browser", "faults", "multi")
+PROCESS_FIXTURES = {"server", "live_servers", "production_server", "browser", "cluster", "one_worker", "own_redis",
+                    "pg_database"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        folder = item.path.parent.name
+        if folder in SLOW_FOLDERS or PROCESS_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def upstream():

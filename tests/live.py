@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.processes import BIN, free_port, log_tail, start_daphne, stop_daphne
+from harness.processes import BIN, free_port, log_tail, start_daphne, stop_daphne
 from tests.upstream import running_upstream
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,11 +2,11 @@
 and waiting for the upstream to see a connection closed."""
 
 import asyncio
-import time
 
 import pytest
 
 from streaming.providers import ProviderError, aclose_clients
+from tests.helpers import BUDGET, wait_for
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -22,14 +22,7 @@ async def llm(settings, llm):
     settings.LLM_READ_TIMEOUT = 2.0
     yield settings
     await aclose_clients()
-    await until(lambda: llm.open_connections() == 0)
-
-
-async def until(condition, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+    await wait_for(lambda: llm.open_connections() == 0)
 
 
 async def run(provider, messages=MESSAGES):
@@ -46,5 +39,5 @@ async def run(provider, messages=MESSAGES):
 async def assert_closed_promptly(upstream, request, since):
     await asyncio.to_thread(upstream.wait_closed, request, 2.0)
     assert request.closed_early
-    assert request.closed_at - since < 0.1
-    await until(lambda: upstream.open_connections() == 0)
+    assert request.closed_at - since < BUDGET
+    await wait_for(lambda: upstream.open_connections() == 0)

@@ -75,7 +75,7 @@ async def test_it_closes_a_socket_on_a_path_with_no_route_cleanly(user, caplog):
             assert (output["type"], output.get("code")) == ("websocket.close", 4404)
         else:
             assert code == 4404
-        await communicator.wait()
+        await communicator.disconnect()
     assert "Traceback" not in caplog.text and "No route found" not in caplog.text
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.live import BIN, ROOT, LiveServer, manage
-from tests.processes import free_port
+from harness.processes import free_port
 
 PRODUCTION_ENV = ROOT / "docs" / "production.env"
 GOOD_KEY = secrets.token_urlsafe(50)
@@ -33,12 +33,14 @@ def documented_production_env() -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_debug_is_off_unless_set(tmp_path):
     env = clean_env(SECRET_KEY=GOOD_KEY, ALLOWED_HOSTS="localhost", DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3")
     shown = manage(env, "shell", "-c", "from django.conf import settings; print(settings.DEBUG)")
     assert shown.stdout.strip().splitlines()[-1] == "False"
 
 
+@pytest.mark.slow
 def test_without_debug_a_missing_secret_key_refuses_to_start_with_a_clear_message(tmp_path):
     env = clean_env(ALLOWED_HOSTS="localhost", DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3")
     checked = manage(env, "check", check=False)
@@ -49,6 +51,7 @@ def test_without_debug_a_missing_secret_key_refuses_to_start_with_a_clear_messag
     assert "The server cannot start" in daphne.stderr and "SECRET_KEY is not set" in daphne.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env, words", [
     ({"LLM_PROVIDER": "openia"}, ["LLM_PROVIDER='openia'", "demo, openai, anthropic"]),
     ({"STREAM_MAX_AGE": "five minutes"}, ["STREAM_MAX_AGE must be a number"]),
@@ -65,6 +68,7 @@ def test_a_setting_that_cannot_work_fails_the_check_naming_it(tmp_path, env, wor
         assert word in checked.stderr
 
 
+@pytest.mark.slow
 def test_the_documented_production_environment_passes_check_deploy(tmp_path):
     env = clean_env(**{**documented_production_env(), "SECRET_KEY": GOOD_KEY,
                        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3", "REDIS_URL": ""})

@@ -9,14 +9,10 @@ from channels.db import database_sync_to_async
 from chat import answers
 from chat.models import Message
 from streaming.registry import registry
-from tests.helpers import Inbox, assert_contiguous, chunks_text, receive_until, send_prompt, wait_for
+from tests.helpers import Inbox, assert_contiguous, chunks_text, receive_until, row, send_prompt, wait_for
 from tests.upstream import chat_reply, endless_reply, error_reply, raw_reply, reset_reply, stall_reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-async def row(message_id) -> Message:
-    return await database_sync_to_async(Message.objects.get)(pk=message_id)
 
 
 async def count_messages() -> int:

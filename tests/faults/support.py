@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import websockets
 
-from tests.helpers import TERMINAL
+from tests.helpers import TERMINAL, wait_for
 from tests.live import LiveServer, manage, project_of, sign_in  # noqa: F401 (project_of, for the fault tests)
 from tests.upstream import FakeUpstream
 
@@ -89,20 +89,8 @@ def active_streams(client: httpx.Client) -> int:
     return response.json()["count"]
 
 
-async def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Polls `predicate` (a plain function, run in a thread) until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(interval)
-
-
 async def assert_no_streams_left(client: httpx.Client, timeout: float = 5.0) -> None:
-    await wait_until(lambda: active_streams(client) == 0, timeout, "the registry to be empty")
+    await wait_for(lambda: active_streams(client) == 0, timeout, "the registry to be empty", 0.05, in_thread=True)
 
 
 def async_client(server: LiveServer, signed_in: httpx.Client) -> httpx.AsyncClient:

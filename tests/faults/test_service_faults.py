@@ -31,8 +31,9 @@ import psycopg
 import pytest
 
 from tests.faults.conftest import needs_postgres_and_redis
+from tests.helpers import BUDGET, wait_for
 from tests.faults.support import (
-    SocketReader, assert_no_streams_left, max_gap, project_of, start_answer, wait_until,
+    SocketReader, assert_no_streams_left, max_gap, project_of, start_answer,
 )
 from tests.live import sign_in
 from tests.multi.conftest import cluster_env, running_cluster, two_workers_on
@@ -67,7 +68,8 @@ async def test_it_keeps_the_text_of_flushes_whose_database_connection_was_killed
             with psycopg.connect(pg_database) as locker:
                 locker.execute("select id from chat_message where id = %s for update", (answer_id,))
                 for _ in range(3):
-                    backend = await wait_until(lambda: waiting_flush(cluster, answer_id), 5, "a flush on the lock")
+                    backend = await wait_for(lambda: waiting_flush(cluster, answer_id), 5, "a flush on the lock",
+                                     in_thread=True)
                     killed += cluster.sql("select pg_terminate_backend(%s)", backend)[0][0]
                 received_at_last_kill = ws.text(answer_id)
                 locker.rollback()
@@ -77,11 +79,11 @@ async def test_it_keeps_the_text_of_flushes_whose_database_connection_was_killed
                 return cluster.sql("select content from chat_message where id = %s", answer_id)[0][0]
 
             caught_up = time.monotonic()
-            await wait_until(lambda: saved_content().startswith(received_at_last_kill), 3,
-                             "the row to hold the text of the failed flushes")
+            await wait_for(lambda: saved_content().startswith(received_at_last_kill), 3,
+                           "the row to hold the text of the failed flushes", in_thread=True)
             assert time.monotonic() - caught_up < FLUSH_INTERVAL + 1.0
             completed = await ws.terminal(answer_id, timeout=10)
-            assert max_gap([t for t, _ in ws.chunks(answer_id)]) < 0.5  # the stream never waited for the database
+            assert max_gap([t for t, _ in ws.chunks(answer_id)]) < BUDGET  # the stream never waited for the database
 
         assert completed["type"] == "stream_complete", completed
         assert completed["content"] == ws.text(answer_id) == "".join(words)
@@ -94,8 +96,8 @@ async def test_it_keeps_the_text_of_flushes_whose_database_connection_was_killed
 async def restart(own_redis, workers) -> None:
     own_redis.stop()
     own_redis.start()
-    await wait_until(lambda: all(httpx.get(f"{w.url}/healthz").status_code == 200 for w in workers), 15,
-                     "the workers to find Redis again")
+    await wait_for(lambda: all(httpx.get(f"{w.url}/healthz").status_code == 200 for w in workers), 15,
+                   "the workers to find Redis again", in_thread=True)
 
 
 async def test_after_a_redis_restart_answers_complete_and_stops_from_another_worker_land(

@@ -1,6 +1,6 @@
-"""Starting and stopping daphne, for the live tests (tests/live.py) and the benchmarks (bench/cluster.py).
+"""Starting and stopping daphne, for the live tests (tests/live.py) and the benchmark (bench/cluster.py).
 
-Plain Python, without pytest: bench/ imports it too.
+Plain Python, without pytest.
 """
 
 import socket
