@@ -136,8 +136,11 @@ async def stop_if_running(*, message_id: int, reason: str) -> None:
 
 
 async def stop_every_answer_here(*, reason: str, timeout: float) -> None:
-    """Shutdown: stop every answer this process produces and wait until each row is final."""
-    await registry.stop_all(reason, timeout=timeout)
+    """Shutdown: `stop()` every answer this process produces, until each row is final."""
+    ids = [stats["message_id"] for stats in registry.stats()]
+    if ids:
+        await asyncio.wait([asyncio.ensure_future(stop_if_running(message_id=i, reason=reason)) for i in ids],
+                           timeout=timeout)
 
 
 def _stopped(event: dict, finalized_here: bool) -> Stopped:

@@ -1,4 +1,4 @@
-"""The HTTP API (PROTOCOL.md): thin DRF views over selectors and services."""
+"""The HTTP API (docs/protocol.md): thin DRF views over selectors and services."""
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer

@@ -239,17 +239,17 @@ LOGGING = {
     },
 }
 
-# The model upstream (PROTOCOL.md, Configuration).
+# The model upstream (docs/protocol.md, Configuration).
 LLM_PROVIDER = os.environ.get("LLM_PROVIDER", "demo")
 LLM_BASE_URL = os.environ.get("LLM_BASE_URL", "")
 LLM_API_KEY = os.environ.get("LLM_API_KEY", "")
 LLM_MODEL = os.environ.get("LLM_MODEL", "")
 LLM_CONNECT_TIMEOUT = env_float("LLM_CONNECT_TIMEOUT", 10)
 LLM_READ_TIMEOUT = env_float("LLM_READ_TIMEOUT", 60)
-# Pace of the offline demo model: seconds between words (an extension of PROTOCOL.md).
+# Pace of the offline demo model: seconds between words (docs/protocol.md, Configuration).
 LLM_DEMO_DELAY = env_float("LLM_DEMO_DELAY", 0.04)
 
-# Stream engine limits (PROTOCOL.md, Configuration).
+# Stream engine limits (docs/protocol.md, Configuration).
 STREAM_FLUSH_INTERVAL = env_float("STREAM_FLUSH_INTERVAL", 0.5)
 STREAM_FRAME_INTERVAL = env_float("STREAM_FRAME_INTERVAL", 0.05)
 STREAM_MAX_AGE = env_float("STREAM_MAX_AGE", 300)

@@ -146,14 +146,6 @@ class Registry:
                 return None
             raise
 
-    async def stop_all(self, reason: str, timeout: float = 10.0) -> None:
-        """Stop every stream and wait until each has finalized its row."""
-        streams = list(self._streams.values())
-        for stream in streams:
-            stream.stop(reason)
-        if streams:
-            await asyncio.wait([s.task for s in streams], timeout=timeout)
-
     def attach(self, message_id: int, watcher: Watcher, after_seq: int = 0) -> bool:
         stream = self._streams.get(message_id)
         if stream is None or stream.relay.finished:

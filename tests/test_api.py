@@ -1,4 +1,4 @@
-"""The HTTP API: projects, messages, cancel, streams and health (PROTOCOL.md)."""
+"""The HTTP API: projects, messages, cancel, streams and health (docs/protocol.md)."""
 
 import asyncio
 

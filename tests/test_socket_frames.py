@@ -1,4 +1,4 @@
-"""Who may open the socket, and how every malformed frame is answered (PROTOCOL.md)."""
+"""Who may open the socket, and how every malformed frame is answered (docs/protocol.md)."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""`POST /api/projects/<id>/chat/`: an answer as server-sent events (PROTOCOL.md, HTTP API).
+"""`POST /api/projects/<id>/chat/`: an answer as server-sent events (docs/protocol.md, HTTP API).
 
 httpx's ASGITransport runs the app to the end before returning the body, so
 mid-stream behaviour (cancel, client leaving) is checked against a real daphne.

@@ -1,5 +1,5 @@
 // The chat page: one websocket, streamed answers rendered as sanitized markdown.
-// Frames and statuses are described in PROTOCOL.md.
+// Frames and statuses: docs/protocol.md.
 import { marked } from "../vendor/marked/marked.esm.js";
 import DOMPurify from "../vendor/dompurify/purify.es.mjs";
 

@@ -1,4 +1,4 @@
-"""Model providers, chosen by the LLM_* settings (PROTOCOL.md, Configuration)."""
+"""Model providers, chosen by the LLM_* settings (docs/protocol.md, Configuration)."""
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured

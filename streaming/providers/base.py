@@ -5,7 +5,7 @@ from typing import Protocol
 
 
 class ProviderError(Exception):
-    """An upstream failure, mapped to a PROTOCOL.md `error_type` and a short safe text.
+    """An upstream failure, mapped to a `error_type` of docs/protocol.md and a short safe text.
 
     `detail` is shown to the user; `internal` is what the upstream itself said (keys
     redacted), for the log and for staff only: it may name the key, the account or the

@@ -1,4 +1,4 @@
-"""Finalize the answers that no live server process will finish (PROTOCOL.md, Operator commands)."""
+"""Finalize the answers that no live server process will finish (docs/protocol.md, Server processes and commands)."""
 
 import json
 import signal
