@@ -9,7 +9,6 @@ from django.core import checks
 
 PROVIDERS = ("demo", "openai", "anthropic")
 POLICIES = ("reject", "cancel_oldest")
-LOG_FORMATS = ("text", "json")
 # setting -> (smallest allowed value, whether the smallest is allowed itself)
 BOUNDS = {
     "LLM_CONNECT_TIMEOUT": (0, False), "LLM_READ_TIMEOUT": (0, False), "LLM_DEMO_DELAY": (0, True),
@@ -60,9 +59,6 @@ def check_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     if settings.STREAM_LIMIT_POLICY not in POLICIES:
         found.append(error(f"STREAM_LIMIT_POLICY={settings.STREAM_LIMIT_POLICY!r} is not a policy.",
                            f"Use one of: {', '.join(POLICIES)}.", 7))
-    if getattr(settings, "LOG_FORMAT", "text") not in LOG_FORMATS:
-        found.append(error(f"LOG_FORMAT={settings.LOG_FORMAT!r} is not a log format.",
-                           f"Use one of: {', '.join(LOG_FORMATS)}.", 8))
     return found
 
 

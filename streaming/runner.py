@@ -165,4 +165,5 @@ class Runner:
             "chars": chars, "duration_ms": round((now - stream.started_monotonic) * 1000),
             "ttfc_ms": round(ttfc * 1000) if ttfc is not None else None, "worker": stream.worker,
         }
-        finished.info("stream %s finished: %s %s", stream.message_id, ending.status, ending.detail, extra=record)
+        finished.info("stream %s finished: %s %s, %d chunks in %d ms", stream.message_id, ending.status,
+                      ending.detail, stream.chunk_count, record["duration_ms"], extra=record)

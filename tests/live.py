@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from harness.processes import BIN, free_port, log_tail, start_daphne, stop_daphne
+from harness.processes import BIN, LOG_TAIL, free_port, log_tail, start_daphne, stop_daphne
 from tests.upstream import running_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,8 +57,10 @@ class LiveServer:
             stop_daphne(self.process, 15)
         self.log.close()
 
-    def output(self) -> str:
-        return log_tail(self.log.name)
+    def output(self, chars: int = LOG_TAIL) -> str:
+        """The end of the server's log."""
+        self.log.flush()
+        return log_tail(self.log.name, chars)
 
 
 def sign_in(server: LiveServer, username="demo", password="demo-password") -> httpx.Client:

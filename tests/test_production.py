@@ -1,6 +1,7 @@
 """Production defaults: what a server does when nobody set DEBUG, how it refuses settings that
 cannot work, and that the documented production environment passes `check --deploy`."""
 
+import json
 import os
 import secrets
 import subprocess
@@ -9,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.live import BIN, ROOT, LiveServer, manage
+from tests.live import BIN, ROOT, LiveServer, manage, project_of, sign_in
 from harness.processes import free_port
 
 PRODUCTION_ENV = ROOT / "docs" / "production.env"
@@ -60,6 +61,8 @@ def test_without_debug_a_missing_secret_key_refuses_to_start_with_a_clear_messag
     ({"STREAM_LIMIT_POLICY": "kill_all"}, ["STREAM_LIMIT_POLICY='kill_all'"]),
     ({"LLM_BASE_URL": "api.openai.com/v1"}, ["is not an http(s) URL"]),
     ({"LLM_BASE_URL": "https://api.openai.com/v1/chat/completions"}, ["names an endpoint"]),
+    ({"LOG_FORMAT": "xml"}, ["LOG_FORMAT must be text or json, not 'xml'"]),
+    ({"LOG_LEVEL": "LOUD"}, ["LOG_LEVEL must be"]),
 ])
 def test_a_setting_that_cannot_work_fails_the_check_naming_it(tmp_path, env, words):
     checked = manage(clean_env(DEBUG="1", DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3", **env), "check", check=False)
@@ -91,8 +94,10 @@ def production_server(tmp_path_factory):
     """A daphne without DEBUG and without `collectstatic`, as someone would first start it."""
     workdir = tmp_path_factory.mktemp("production")
     server = LiveServer(workdir, {"DEBUG": "0", "SECRET_KEY": GOOD_KEY, "ALLOWED_HOSTS": "127.0.0.1,localhost",
-                                  "STATIC_ROOT": str(workdir / "not-collected")})
-    yield server.start()
+                                  "STATIC_ROOT": str(workdir / "not-collected"), "LLM_DEMO_DELAY": "0"})
+    server.start()
+    server.manage("ensure_demo_user", "--username", "target", "--password", "target-password")
+    yield server
     server.stop()
 
 
@@ -132,11 +137,28 @@ def test_password_guessing_is_throttled(production_server):
             page = client.get("/accounts/login/")
             token = page.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
             return client.post("/accounts/login/", data={
-                "username": "demo", "password": password, "csrfmiddlewaretoken": token,
+                "username": "target", "password": password, "csrfmiddlewaretoken": token,
             }, headers={"Referer": f"{production_server.url}/accounts/login/"})
 
         statuses = [attempt(f"guess-{i}").status_code for i in range(30)]
-        right = attempt("demo-password")
+        right = attempt("target-password")
     assert statuses[:4] == [200] * 4 and set(statuses[4:]) == {429}
     assert right.status_code == 429 and "Too many failed sign-ins" in right.text
     assert "sessionid" not in client.cookies
+
+
+@pytest.mark.slow
+def test_without_debug_every_log_line_of_a_finished_stream_is_one_json_object(production_server):
+    client = sign_in(production_server)
+    project_id = project_of(client)
+    with client.stream("POST", f"/api/projects/{project_id}/chat/", json={"content": "log me"}) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    client.close()
+    assert response.status_code == 200 and events[-1]["type"] == "stream_complete"
+    answer_id = events[0]["assistant_message"]["id"]
+    records = [json.loads(line) for line in production_server.output(chars=10**6).splitlines()
+               if line.startswith("{")]
+    finished = [r for r in records if r.get("logger") == "streaming.finished" and r["message_id"] == answer_id]
+    assert len(finished) == 1
+    assert finished[0]["status"] == "complete" and finished[0]["chunks"] > 10 and finished[0]["level"] == "INFO"
+    assert {"time", "message", "duration_ms", "ttfc_ms", "worker"} <= set(finished[0])

@@ -230,6 +230,14 @@ async def test_it_streams_anthropic_to_completion(claude, upstream):
     }
 
 
+@pytest.mark.parametrize("base", ["/v1", "/v1/", "", "/"])
+async def test_it_takes_anthropics_base_url_with_or_without_v1(claude, upstream, base):
+    claude.LLM_BASE_URL = upstream.base_url.removesuffix("/v1") + base
+    upstream.enqueue(anthropic_reply(["Hi"]))
+    assert await run(get_provider()) == (["Hi"], None)
+    assert upstream.requests[0].path == "/v1/messages"
+
+
 async def test_it_maps_an_anthropic_error_event_to_upstream(claude, upstream):
     upstream.enqueue(raw_reply([
         "event: content_block_delta",

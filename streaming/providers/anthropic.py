@@ -14,6 +14,11 @@ class AnthropicProvider(HTTPProvider):
     name = "anthropic"
     path = "/messages"
 
+    def __init__(self, *, base_url: str, **settings):
+        # Anthropic's SDKs take the base without /v1 (https://api.anthropic.com); both forms work.
+        base = base_url.rstrip("/")
+        super().__init__(base_url=base if base.endswith("/v1") else base + "/v1", **settings)
+
     async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
         headers = {"Accept": "text/event-stream", "anthropic-version": API_VERSION}
         if self.api_key:
