@@ -10,6 +10,10 @@ import logging
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import Http404, JsonResponse, StreamingHttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed
 
 from streaming.registry import registry
 from streaming.relay import Frame
@@ -31,6 +35,7 @@ class QueueWatcher:
         self.queue.put_nowait(frame)
 
 
+@csrf_exempt  # checked below for a session, as DRF does; a token needs none
 async def chat_stream(request, project_id):
     """Start an answer and stream its events, `message_created` first, the terminal event last.
 
@@ -39,9 +44,9 @@ async def chat_stream(request, project_id):
     rate_limited (with `retry_after` and a Retry-After header), 503 unavailable; 403 for
     an anonymous client (a missing CSRF token is Django's own 403 page).
     """
-    user = await request.auser()
-    if not user.is_authenticated:
-        return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
+    user, refused = await _authenticate(request)
+    if refused is not None:
+        return refused
     try:
         project = await database_sync_to_async(selectors.project_get)(user=user, project_id=project_id)
     except Http404:
@@ -57,6 +62,23 @@ async def chat_stream(request, project_id):
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the answer back
     return response
+
+
+async def _authenticate(request):
+    """(user, None), or (None, the response that refuses the request): by its token
+    (scripts), or by its session, which must then carry the CSRF token as a form would."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Token "):
+        try:
+            user, _ = await database_sync_to_async(TokenAuthentication().authenticate_credentials)(header[6:].strip())
+        except AuthenticationFailed as failed:
+            return None, JsonResponse({"detail": str(failed.detail)}, status=403)  # as the REST API answers
+        return user, None
+    user = await request.auser()
+    if not user.is_authenticated:
+        return None, JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
+    refused = CsrfViewMiddleware(lambda request: None).process_view(request, None, (), {})
+    return (None, refused) if refused is not None else (user, None)
 
 
 def error_response(error: Exception) -> JsonResponse:
