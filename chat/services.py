@@ -26,6 +26,19 @@ log = logging.getLogger("chat.services")
 RATE_WINDOW = timedelta(minutes=1)
 
 
+def user_ensure(*, username: str, password: str, staff: bool) -> bool:
+    """The user exists (with a first project, and staff rights if asked); whether it was made now.
+    An existing user's password is left alone."""
+    with transaction.atomic():
+        user, created = get_user_model().objects.get_or_create(
+            username=username, defaults={"is_staff": staff, "is_superuser": staff})
+        if created:
+            user.set_password(password)
+            user.save()
+            project_create(owner=user, name="First project")
+    return created
+
+
 def project_create(*, owner, name: str) -> Project:
     return Project.objects.create(owner=owner, name=_clean_name(name))
 
