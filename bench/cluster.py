@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from harness.processes import BIN, free_port, start_daphne, stop_daphne
+from harness.processes import BIN, free_port, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 # Where the servers' code is taken from: the work tree, or a snapshot of a commit
@@ -153,7 +153,7 @@ class Server:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = open(log_path, "a")
-        self.process = start_daphne(app, self.port, env, SERVER_ROOT, self.log, timeout=30, preexec_fn=die_with_parent)
+        self.process = start_server(app, self.port, env, SERVER_ROOT, self.log, timeout=30, preexec_fn=die_with_parent)
         self.ps = psutil.Process(self.process.pid)
 
     @property
@@ -171,7 +171,7 @@ class Server:
         return httpx.get(f"http://{self.address}{path}", cookies={"sessionid": session}, timeout=15).json()
 
     def stop(self) -> None:
-        stop_daphne(self.process, 20)
+        stop_server(self.process, 20)
         self.log.close()
 
 

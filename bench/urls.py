@@ -1,8 +1,7 @@
-"""The server's URLs plus `GET /bench/probe`: the asyncio task count of daphne's event loop.
-
-The server exposes no task count of its own; the leak check needs one. The view
-runs in Django's sync thread and counts the tasks from inside the reactor's loop.
-"""
+"""The server's URLs plus `GET /bench/probe`, read by the benchmark only: the asyncio task
+count of the server's event loop (the leak check), and the raw samples behind two metrics
+(each recent stop's stages, in ms since it was requested; how late the lag monitor's timer
+fired, in ms) for exact percentiles; `?reset=1` forgets those samples."""
 
 import asyncio
 import threading
@@ -11,18 +10,18 @@ from django.http import JsonResponse
 from django.urls import path
 
 from chatproj.urls import urlpatterns as server_urlpatterns
+from streaming import metrics
 
 
-async def _count_tasks() -> int:
-    return len(asyncio.all_tasks()) - 1  # less this one
-
-
-def probe(request):
-    from twisted.internet import reactor
-
-    loop = reactor._asyncioEventloop
-    tasks = asyncio.run_coroutine_threadsafe(_count_tasks(), loop).result(10)
-    return JsonResponse({"tasks": tasks, "threads": threading.active_count()})
+async def probe(request):
+    stops = [{stage: round((at - timeline["requested"]) * 1000, 3) for stage, at in timeline.items()}
+             for timeline in list(metrics.recent_stops)]
+    lags = [round(lag * 1000, 3) for lag in list(metrics.recent_lags)]
+    if request.GET.get("reset"):
+        metrics.recent_stops.clear()
+        metrics.recent_lags.clear()
+    return JsonResponse({"tasks": len(asyncio.all_tasks()) - 1,  # less this request's own
+                         "threads": threading.active_count(), "stops": stops, "lags": lags})
 
 
 urlpatterns = [path("bench/probe", probe), *server_urlpatterns]

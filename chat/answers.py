@@ -107,7 +107,8 @@ class Stopped:
     finalized_here: bool  # this call wrote the final row (the producer was gone, or did not answer)
 
 
-async def stop(*, message_id: int, reason: str, wait: float | None = None, force: bool = False) -> Stopped:
+async def stop(*, message_id: int, reason: str, wait: float | None = None, force: bool = False,
+               requested_at: float | None = None) -> Stopped:
     """The one way to stop an answer, wherever it runs.
 
     Produced here: the stream is stopped at once (its upstream closed in this call), with
@@ -117,9 +118,10 @@ async def stop(*, message_id: int, reason: str, wait: float | None = None, force
 
     Raises MessageAlreadyFinished when the answer ended first, and StopPending when its
     live producer has not finalized it within `wait` (unless `force`: then it is
-    finalized here, as the sweeper does).
+    finalized here, as the sweeper does). `requested_at`: when the stop was asked for (the
+    monotonic time its frame was read), where its stages are timed from.
     """
-    if registry.stop(message_id, reason):
+    if registry.stop(message_id, reason, requested_at):
         ending = await registry.wait(message_id)
         if ending is not None:
             return _stopped(ending.event, False)

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import time
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -20,6 +21,7 @@ from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 from django.http import Http404
 
+from streaming import metrics
 from streaming.registry import registry
 from streaming.relay import Frame
 
@@ -60,9 +62,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.session_key = None
         self.project = None  # set once the socket is accepted for a project of its user
         self.watching: set[int] = set()  # answers whose terminal event this socket still awaits
-        self.outbox: asyncio.Queue[str] = asyncio.Queue()
+        self.outbox: asyncio.Queue[tuple[str, dict | None]] = asyncio.Queue()  # (text, a stop's timeline)
         self.sender: asyncio.Task | None = None
         self.following = Following(self)
+        self.frame_read_at = 0.0  # monotonic time the frame being handled was read
 
     async def connect(self):
         # Accept first: a close before the handshake would lose the close code.
@@ -122,19 +125,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def deliver(self, frame: Frame) -> None:
         if frame.final:
             self.watching.discard(frame.message_id)
-        self.outbox.put_nowait(frame.text)
+        self.outbox.put_nowait((frame.text, frame.timeline))
 
     def push(self, event: dict) -> None:
-        self.outbox.put_nowait(protocol.dump(event))
+        self.outbox.put_nowait((protocol.dump(event), None))
 
     async def _send_outbox(self):
         while True:
-            await self.send(text_data=await self.outbox.get())
+            text, timeline = await self.outbox.get()
+            await self.send(text_data=text)
+            if timeline is not None:
+                metrics.stop_reached(timeline, "event_written")
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.project is None:
             return
         frame = {}
+        self.frame_read_at = time.monotonic()
         try:
             frame = protocol.parse_frame(text_data)
             await getattr(self, f"on_{frame['type']}")(frame)
@@ -173,14 +180,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._check_owned(message_id)
         was_watching = message_id in self.watching
         try:
-            stopped = await answers.stop(message_id=message_id, reason=Message.CancelReason.USER)
+            stopped = await answers.stop(message_id=message_id, reason=Message.CancelReason.USER,
+                                         requested_at=self.frame_read_at)
         except StopPending:
             if not was_watching:  # its terminal event reaches us when its process gets to it
                 await self.following.await_end(message_id)
                 self.watching.add(message_id)
             return
         if not was_watching:  # watchers got it from the stream itself
-            self.outbox.put_nowait(protocol.ENCODER.final(stopped.event))
+            self.outbox.put_nowait((protocol.ENCODER.final(stopped.event), None))
 
     async def on_resume(self, frame):
         message_id = frame["message_id"]

@@ -19,6 +19,7 @@ import sys
 
 from channels.layers import get_channel_layer
 
+from streaming import metrics
 from streaming.registry import registry
 
 from . import answers, writer
@@ -32,45 +33,77 @@ STREAMS_TIMEOUT = 10.0  # within daphne's application close timeout
 
 def install_daphne_hooks() -> None:
     reactor = sys.modules.get("twisted.internet.reactor")
-    if reactor is None:  # not under daphne (tests, management commands)
+    if reactor is None:  # not under daphne (uvicorn uses `lifespan` below; tests, commands)
         return
     # After startup, so these handlers replace the ones Twisted installs while starting.
-    reactor.callWhenRunning(_install_handlers, reactor)
+    reactor.callWhenRunning(lambda: _take_over_signals(lambda: reactor.callFromThread(reactor.stop),
+                                                        reactor.callFromThread))
+    # Callbacks of callWhenRunning run before the loop does; callLater's, inside it.
+    reactor.callLater(0, _started)
 
 
-def _install_handlers(reactor) -> None:
+async def lifespan(scope, receive, send) -> None:
+    """The ASGI lifespan protocol (uvicorn): the same start and stop as under daphne.
+
+    Uvicorn closes every socket on SIGTERM before it tells the application; so its
+    signal handler is wrapped: the answers are finalized first, their sockets told,
+    and only then is uvicorn's own handler called.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            _started()
+            loop = asyncio.get_running_loop()
+            handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+            _take_over_signals(lambda signum=signal.SIGTERM: handlers[signum](signum, None), loop.call_soon_threadsafe)
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await stop_this_process()  # done already, unless the server stopped on its own
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _take_over_signals(stop_server, call_in_loop) -> None:
+    """SIGTERM and SIGINT: finalize this process's answers, then `stop_server()`; a second
+    signal stops the server at once."""
     state = {"stopping": False}
 
     def begin(signum, frame):
         if state["stopping"]:
-            reactor.callFromThread(reactor.stop)  # a second signal: stop now
+            stop_server()
             return
         state["stopping"] = True
-        reactor.callFromThread(lambda: asyncio.ensure_future(_stop_then(reactor)))
+        call_in_loop(lambda: asyncio.ensure_future(_stop_then(stop_server)))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, begin)
-    # Callbacks of callWhenRunning run before the loop does; callLater's, inside it.
-    reactor.callLater(0, _started)
 
 
 def _started() -> None:
     atexit.register(_finish_abandoned_tasks, asyncio.get_running_loop())
     liveness.start()
+    metrics.lag_monitor.start()
 
 
-async def _stop_then(reactor) -> None:
+async def _stop_then(stop_server) -> None:
     try:
         await stop_this_process()
     finally:
-        reactor.stop()
+        stop_server()
+
+
+_stopping = []  # one item once the process stops
 
 
 async def stop_this_process() -> None:
-    """Finalize this process's answers, then end its background loops."""
+    """Finalize this process's answers, then end its background loops (once)."""
+    if _stopping:
+        return
+    _stopping.append(True)
     try:
         log.info("shutting down: stopping %d stream(s)", registry.active_count())
         await answers.stop_every_answer_here(reason="shutdown", timeout=STREAMS_TIMEOUT)
+        metrics.lag_monitor.stop()
         await liveness.stop()
         await bus.drain(timeout=2.0)
         await asyncio.sleep(0.2)  # the sockets' senders send the terminal events

@@ -1,4 +1,4 @@
-"""ASGI entry point: `daphne chatproj.asgi:application`."""
+"""ASGI entry point: `daphne chatproj.asgi:application`, or uvicorn (README, "Production")."""
 
 import os
 
@@ -16,7 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
 from chat.consumers import ChatConsumer, NoRouteConsumer  # noqa: E402
-from chat.process import install_daphne_hooks  # noqa: E402
+from chat.process import install_daphne_hooks, lifespan  # noqa: E402
 from chatproj.origin import SameOriginValidator  # noqa: E402
 
 websocket_urlpatterns = [
@@ -30,5 +30,6 @@ application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "lifespan": lifespan,
     }
 )

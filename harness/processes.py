@@ -1,4 +1,4 @@
-"""Starting and stopping daphne, for the live tests (tests/live.py) and the benchmark (bench/cluster.py).
+"""Starting and stopping servers (daphne or uvicorn), for the live tests (tests/live.py) and the benchmark (bench/cluster.py).
 
 Plain Python, without pytest.
 """
@@ -25,21 +25,32 @@ def log_tail(path: str | Path, chars: int = LOG_TAIL) -> str:
     return Path(path).read_text(errors="replace")[-chars:]
 
 
-def start_daphne(app: str, port: int, env: dict, cwd: Path, log, timeout: float, **popen) -> subprocess.Popen:
-    """`daphne app` on 127.0.0.1:`port` with `env` as its whole environment, once /healthz answers 200.
+SERVERS = ("daphne", "uvicorn")
+
+
+def server_command(kind: str, app: str, port: int) -> list[str]:
+    """How a server of `kind` serves `app` on 127.0.0.1:`port` (uvicorn through chatproj/serve.py)."""
+    if kind == "uvicorn":
+        assert app == "chatproj.asgi:application", "chatproj.serve runs the server's own application"
+        return [str(BIN / "python"), "-m", "chatproj.serve", "--host", "127.0.0.1", "--port", str(port)]
+    return [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), app]
+
+
+def start_server(app: str, port: int, env: dict, cwd: Path, log, timeout: float, kind: str = "daphne",
+                 **popen) -> subprocess.Popen:
+    """`app` served by daphne or uvicorn on 127.0.0.1:`port` with `env` as its whole
+    environment, once /healthz answers 200.
 
     Its output goes to `log` (a file open for writing); `popen` adds to the Popen arguments.
-    A daphne that exits or does not answer within `timeout` seconds is stopped, and the
+    A server that exits or does not answer within `timeout` seconds is stopped, and the
     error quotes the end of its log: that is where a settings error or a taken port shows.
     """
-    process = subprocess.Popen(
-        [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), app],
-        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, **popen,
-    )
+    process = subprocess.Popen(server_command(kind, app, port), cwd=cwd, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, **popen)
     problem = _wait_until_serving(process, f"http://127.0.0.1:{port}/healthz", timeout)
     if problem:
-        stop_daphne(process, 5)
-        raise RuntimeError(f"daphne ({app}) {problem}; the end of {log.name}:\n{log_tail(log.name)}")
+        stop_server(process, 5)
+        raise RuntimeError(f"{kind} ({app}) {problem}; the end of {log.name}:\n{log_tail(log.name)}")
     return process
 
 
@@ -59,8 +70,8 @@ def _wait_until_serving(process: subprocess.Popen, url: str, timeout: float) -> 
         time.sleep(0.1)
 
 
-def stop_daphne(process: subprocess.Popen, grace: float) -> None:
-    """SIGTERM, then SIGKILL if daphne is not gone within `grace` seconds."""
+def stop_server(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, then SIGKILL if the server is not gone within `grace` seconds."""
     if process.poll() is None:
         process.terminate()
         try:

@@ -29,7 +29,8 @@ class Stream:
     last_progress: float = field(default_factory=time.monotonic)  # monotonic time of the last upstream delta
     chunk_count: int = 0
     stop_reason: str | None = None
-    stop_requested_at: float | None = None  # monotonic time the stop reached this process
+    stop_requested_at: float | None = None  # monotonic time the stop was decided
+    stop_timeline: dict = field(default_factory=dict)  # stage -> monotonic time (metrics.STOP_STAGES)
     first_chunk_at: float | None = None  # monotonic time of the first upstream delta
     task: asyncio.Task | None = None
     running: bool = False  # the task has taken its first step
@@ -39,21 +40,23 @@ class Stream:
     # Closes the upstream connection at once, while one is open (set by the runner's provider).
     abort_upstream: Callable[[], None] | None = None
 
-    def claim_stop(self, reason: str) -> bool:
-        """Record why the stream stops; the first reason wins. Whether this call set it."""
+    def claim_stop(self, reason: str, requested_at: float | None = None) -> bool:
+        """Record why the stream stops, and since when (the frame that asked was read then,
+        say); the first reason wins. Whether this call set it."""
         if self.stop_reason is not None:
             return False
         self.stop_reason = reason
-        self.stop_requested_at = time.monotonic()
+        self.stop_requested_at = self.stop_timeline["requested"] = requested_at or time.monotonic()
         return True
 
-    def stop(self, reason: str) -> None:
-        """The engine's one way to stop a stream: the upstream is closed now, in this call,
-        and the task is cancelled so that it saves its text and finalizes its row."""
-        if not self.claim_stop(reason):
+    def stop(self, reason: str, requested_at: float | None = None) -> None:
+        """The engine's one way to stop a stream: the upstream connection is aborted now, in
+        this call, and the task is cancelled so that it saves its text and finalizes its row."""
+        if not self.claim_stop(reason, requested_at):
             return
         if self.abort_upstream is not None:
             self.abort_upstream()
+            metrics.stop_reached(self.stop_timeline, "upstream_aborted")
         if self.running:
             self.task.cancel()
         else:
@@ -125,12 +128,12 @@ class Registry:
     def oldest(self) -> Stream | None:
         return min(self._streams.values(), key=lambda s: s.started_monotonic, default=None)
 
-    def stop(self, message_id: int, reason: str) -> bool:
+    def stop(self, message_id: int, reason: str, requested_at: float | None = None) -> bool:
         """Stop a stream running here (Stream.stop); False when it does not run here."""
         stream = self._streams.get(message_id)
         if stream is None:
             return False
-        stream.stop(reason)
+        stream.stop(reason, requested_at)
         return True
 
     async def wait(self, message_id: int, timeout: float | None = None) -> Ending | None:

@@ -27,12 +27,14 @@ class Frame:
     """One thing a watcher is handed: a chunk (`seq`, `delta`), the terminal `event`, or an
     event already serialized elsewhere (`text`; `final` when it is the terminal one)."""
 
-    __slots__ = ("message_id", "seq", "delta", "event", "final", "_encoder", "_text")
+    __slots__ = ("message_id", "seq", "delta", "event", "final", "timeline", "_encoder", "_text")
 
     def __init__(self, message_id: int, *, seq: int = 0, delta: str = "", event: dict | None = None,
-                 encoder: Encoder | None = None, text: str | None = None, final: bool = False):
+                 encoder: Encoder | None = None, text: str | None = None, final: bool = False,
+                 timeline: dict | None = None):
         self.message_id, self.seq, self.delta, self.event = message_id, seq, delta, event
         self.final = final or event is not None
+        self.timeline = timeline  # a stopped stream's stop timeline, on its terminal frame
         self._encoder, self._text = encoder, text
 
     @property
@@ -106,11 +108,11 @@ class Relay:
     def detach(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
 
-    def finish(self, event: dict) -> None:
+    def finish(self, event: dict, timeline: dict | None = None) -> None:
         """Send what is pending, then the terminal event, to every watcher; then let them go."""
         self.emit()
         self.finished = True
-        frame = Frame(self.message_id, event=event, encoder=self.encoder)
+        frame = Frame(self.message_id, event=event, encoder=self.encoder, timeline=timeline)
         for watcher in tuple(self.watchers):
             watcher.deliver(frame)
         self.watchers.clear()

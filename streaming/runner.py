@@ -83,6 +83,7 @@ class Runner:
                         return self._stopped(requested)
                     next_flush = time.monotonic() + limits.flush_interval
         except asyncio.CancelledError:
+            metrics.stop_reached(stream.stop_timeline, "task_cancelled")
             return Outcome("cancelled", reason=stream.stop_reason or "shutdown")
         except ProviderError as error:
             log.warning("stream %s: %s error: %s", stream.message_id, error.error_type, error.internal or error.detail)
@@ -94,10 +95,12 @@ class Runner:
             if reader is not None and not reader.done():
                 reader.cancel()
                 await asyncio.wait({reader})
+            metrics.stop_reached(stream.stop_timeline, "upstream_aborted")  # when not done at once
 
     def _stopped(self, reason: str) -> Outcome:
         # Claimed on the stream, so a stop arriving now does not interrupt finalization.
-        self.stream.claim_stop(reason)
+        if self.stream.claim_stop(reason):
+            metrics.stop_reached(self.stream.stop_timeline, "task_cancelled")  # decided by the task itself
         return Outcome("cancelled", reason=self.stream.stop_reason)
 
     async def _read(self) -> None:
@@ -146,7 +149,8 @@ class Runner:
             log.error("stream %s: could not be finalized; the sweeper will", stream.message_id)
             stream.ending.cancel()
             return
-        stream.relay.finish(ending.event)
+        metrics.stop_reached(stream.stop_timeline, "row_final")
+        stream.relay.finish(ending.event, stream.stop_timeline or None)
         stream.ending.set_result(ending)
         self._record(ending, len(content))
 

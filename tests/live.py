@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from harness.processes import BIN, LOG_TAIL, free_port, log_tail, start_daphne, stop_daphne
+from harness.processes import BIN, LOG_TAIL, free_port, log_tail, start_server, stop_server
 from tests.upstream import running_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,9 +25,11 @@ def manage(env: dict, *args: str, check: bool = True, timeout: float = 60) -> su
 
 
 class LiveServer:
-    """`daphne chatproj.asgi:application` on its own SQLite file, as `make run` serves it."""
+    """`daphne chatproj.asgi:application` on its own SQLite file, as `make run` serves it
+    (or the same application under uvicorn: `kind`)."""
 
-    def __init__(self, workdir: Path, env: dict):
+    def __init__(self, workdir: Path, env: dict, kind: str = "daphne"):
+        self.kind = kind
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         inherited = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
@@ -39,7 +41,7 @@ class LiveServer:
             "STREAM_SENDS_PER_MINUTE": "0",  # tests send quickly; tests/test_limits.py checks the limit
             **env,
         }
-        self.log = open(workdir / f"daphne-{self.port}.log", "w")
+        self.log = open(workdir / f"{kind}-{self.port}.log", "w")
         self.process = None
 
     def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -49,12 +51,13 @@ class LiveServer:
         if prepare:
             self.manage("migrate", "--no-input")
             self.manage("ensure_demo_user", "--username", "demo", "--password", "demo-password")
-        self.process = start_daphne("chatproj.asgi:application", self.port, self.env, ROOT, self.log, timeout=20)
+        self.process = start_server("chatproj.asgi:application", self.port, self.env, ROOT, self.log, timeout=20,
+                                    kind=self.kind)
         return self
 
     def stop(self) -> None:
         if self.process:
-            stop_daphne(self.process, 15)
+            stop_server(self.process, 15)
         self.log.close()
 
     def output(self, chars: int = LOG_TAIL) -> str:

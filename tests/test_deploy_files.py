@@ -74,8 +74,8 @@ def test_the_image_runs_as_a_user_with_locked_packages_and_no_tests():
 def test_the_runtime_lock_holds_no_test_or_bench_package():
     runtime = (ROOT / "requirements" / "runtime.txt").read_text()
     pinned = set(re.findall(r"^([a-z0-9_.-]+)==", runtime, re.M))
-    assert {"django", "channels", "daphne", "httpx", "httpcore", "redis"} <= pinned
-    assert not {"pytest", "playwright", "hypothesis", "matplotlib", "py-spy", "psutil", "websockets"} & pinned
+    assert {"django", "channels", "daphne", "uvicorn", "uvloop", "httpx", "httpcore", "redis"} <= pinned
+    assert not {"pytest", "playwright", "hypothesis", "matplotlib", "py-spy", "psutil", "pyyaml"} & pinned
     assert "--hash=sha256:" in runtime
 
 

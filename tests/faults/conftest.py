@@ -21,8 +21,8 @@ def live_servers(tmp_path_factory, template_database):
     end of the module."""
     started = []
 
-    def start(**env):
-        server = start_live_server(tmp_path_factory.mktemp("live"), template_database, env)
+    def start(kind="daphne", **env):
+        server = start_live_server(tmp_path_factory.mktemp("live"), template_database, env, kind)
         started.append(server)
         return server
 

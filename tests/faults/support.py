@@ -56,10 +56,10 @@ def prepare_database(workdir: Path) -> Template:
     return Template(database, session)
 
 
-def start_live_server(workdir: Path, template: Template, env: dict) -> LiveServer:
+def start_live_server(workdir: Path, template: Template, env: dict, kind: str = "daphne") -> LiveServer:
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(template.database, workdir / "live.sqlite3")
-    return LiveServer(workdir, {k: str(v) for k, v in env.items()}).start(prepare=False)
+    return LiveServer(workdir, {k: str(v) for k, v in env.items()}, kind=kind).start(prepare=False)
 
 
 def session_client(server: LiveServer, session: str) -> httpx.Client:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from harness.processes import free_port, start_daphne, stop_daphne
+from harness.processes import free_port, start_server, stop_server
 from tests.live import ROOT, BIN
 from tests.multi.conftest import REDIS_ADMIN
 from tests.test_deploy_files import SERVICES
@@ -53,10 +53,10 @@ def test_init_then_a_worker_run_with_composes_commands_and_environment(pg_databa
     worker_env = interpolate(SERVICES["web1"]["environment"], GIVEN) | {
         k: base[k] for k in ("PATH", "DATABASE_URL", "REDIS_URL", "CHANNEL_LAYER_PREFIX", "STATIC_ROOT")}
     with open(tmp_path / "web1.log", "w") as log:
-        process = start_daphne("chatproj.asgi:application", port, worker_env, ROOT, log, timeout=30)
+        process = start_server("chatproj.asgi:application", port, worker_env, ROOT, log, timeout=30)
     try:
         probe = [part.replace("localhost:8000", f"localhost:{port}") for part in SERVICES["web1"]["healthcheck"]["test"][1:]]
         assert subprocess.run(probe, env=worker_env, timeout=10).returncode == 0
     finally:
-        stop_daphne(process, 15)
+        stop_server(process, 15)
     assert process.returncode == 0
