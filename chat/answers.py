@@ -154,7 +154,8 @@ def _stopped(event: dict, finalized_here: bool) -> Stopped:
 async def _stop_elsewhere(*, message_id: int, reason: str, wait: float, force: bool) -> Stopped:
     # Listening before the request is stored: its producer may see it at its next flush.
     async with bus.final_announced(message_id) as announced:
-        message, owner_alive = await writer.run(services.message_request_stop, message_id=message_id, reason=reason)
+        message, owner_alive = await writer.run(services.message_request_stop, urgent=True, message_id=message_id,
+                                                reason=reason)
         if owner_alive and message.worker != WORKER_ID:
             await bus.request(message.worker, {"type": "stream.stop", "message_id": message_id, "reason": reason})
             event = await _wait_until_final(message_id, wait, announced)
@@ -190,8 +191,8 @@ async def finalize(*, message_id: int, outcome: Outcome | None, content: str | N
     """The one terminal write (services.message_finalize, on the streams' lane), then the
     row's terminal event published to whoever waits on the message, in any process. The
     row's Ending, and whether this call finalized it."""
-    row, won = await writer.run(services.message_finalize, message_id=message_id, outcome=outcome, content=content,
-                                chunk_count=chunk_count)
+    row, won = await writer.run(services.message_finalize, urgent=True, message_id=message_id, outcome=outcome,
+                                content=content, chunk_count=chunk_count)
     ending = protocol.ending(row)
     bus.announce(ending.event)
     return ending, won

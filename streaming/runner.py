@@ -105,6 +105,7 @@ class Runner:
 
     async def _read(self) -> None:
         stream, relay, unsaved = self.stream, self.stream.relay, self.unsaved
+        stream.abort_upstream = getattr(self.provider, "abort", None)  # the demo model has no connection
         async with contextlib.aclosing(self.provider.stream(self.messages)) as deltas:
             async for delta in deltas:
                 if not delta:

@@ -138,3 +138,24 @@ async def test_it_hands_a_failed_batch_to_every_caller_and_goes_on():
     failed = await asyncio.gather(batcher.submit(0), batcher.submit(1), return_exceptions=True)
     assert all(isinstance(result, RuntimeError) for result in failed)
     assert await batcher.submit(2) == 2
+
+
+async def test_the_database_lane_serves_a_stop_before_the_writes_queued_ahead_of_it():
+    import threading
+
+    from chat import writer
+
+    served, gate = [], threading.Event()
+
+    def write(name):
+        gate.wait(5)  # holds the lane while the others queue up
+        served.append(name)
+
+    first = asyncio.ensure_future(writer.run(write, name="flush 1"))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(writer.run(write, name=f"flush {i}")) for i in (2, 3)]
+    queued.append(asyncio.ensure_future(writer.run(write, urgent=True, name="finalize")))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.gather(first, *queued)
+    assert served == ["flush 1", "finalize", "flush 2", "flush 3"]

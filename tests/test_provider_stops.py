@@ -8,6 +8,7 @@ import pytest
 
 from streaming.providers import get_provider
 from tests.provider_support import MESSAGES, assert_closed_promptly, llm, run  # noqa: F401 (llm: a fixture)
+from tests.helpers import wait_for
 from tests.upstream import endless_reply, running_upstream
 
 
@@ -36,6 +37,30 @@ async def test_it_closes_the_connection_when_the_generator_is_closed(llm, upstre
     closed_at = time.monotonic()
     await stream.aclose()
     await assert_closed_promptly(upstream, upstream.requests[0], closed_at)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_stop_shuts_the_connection_within_its_own_call_even_when_the_loop_stays_busy(llm, upstream, provider):
+    from tests.upstream import anthropic_reply
+
+    llm.LLM_PROVIDER = provider
+    upstream.enqueue(endless_reply(delay=0.01) if provider == "openai" else anthropic_reply(["x"] * 10_000, delay=0.01))
+    model = get_provider()
+
+    async def consume():
+        async for _ in model.stream(MESSAGES):
+            pass
+
+    task = asyncio.create_task(consume())
+    await wait_for(lambda: upstream.requests and upstream.requests[0].chunks_sent >= 3, what="a few chunks")
+    decided = time.monotonic()
+    model.abort()  # what Stream.stop calls
+    time.sleep(0.3)  # the loop stays busy (a burst of other streams' work): no turn happens here
+    request = upstream.requests[0]
+    await asyncio.to_thread(upstream.wait_closed, request, 2.0)
+    assert request.closed_early and request.closed_at - decided < 0.1, request.closed_at - decided
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_it_reuses_a_finished_connection_but_never_pools_a_stopped_one(llm, upstream):

@@ -48,10 +48,21 @@ class HTTPProvider:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
 
+        self._connection = None  # the network stream of the reply being read, while one is
+
     def open(self, *, headers: dict, body: dict):
         """`open_sse` on this provider's URL, with its time limits and its key kept out of errors."""
         return open_sse(self.url, headers=headers, body=body, connect_timeout=self.connect_timeout,
-                        read_timeout=self.read_timeout, secret=self.api_key)
+                        read_timeout=self.read_timeout, secret=self.api_key, on_connection=self._use)
+
+    def _use(self, connection) -> None:
+        self._connection = connection
+
+    def abort(self) -> None:
+        """Close the connection of the reply being read, now (Stream.stop calls this in the
+        same call that decides the stop): no loop turn between the decision and the FIN."""
+        if self._connection is not None and hasattr(self._connection, "abort"):
+            self._connection.abort()
 
 
 def get_client() -> httpx.AsyncClient:
@@ -76,7 +87,8 @@ async def aclose_clients() -> None:
 
 @asynccontextmanager
 async def open_sse(
-    url: str, *, headers: dict, body: dict, connect_timeout: float, read_timeout: float, secret: str = ""
+    url: str, *, headers: dict, body: dict, connect_timeout: float, read_timeout: float, secret: str = "",
+    on_connection=lambda connection: None,
 ) -> AsyncIterator[AsyncIterator[tuple[str, str]]]:
     """POST `body` and yield an iterator of (event name, data) pairs, one per `data:` line.
 
@@ -84,7 +96,8 @@ async def open_sse(
     parsing, comes out as ProviderError; cancellation and generator closing pass
     through untouched. Leaving the block closes the response, and httpx closes
     (never pools) a connection whose response was not read to the end: that is
-    what makes a stop close the upstream request at once.
+    what makes a stop close the upstream request at once. `on_connection` is handed the
+    reply's network stream while it is read (None after), so that it can be aborted sooner.
     """
     timeout = httpx.Timeout(
         connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
@@ -95,8 +108,12 @@ async def open_sse(
         ) as response:
             await _check_response(response, secret)
             events = _sse_data(response)
-            yield events
-            await _drain(events)
+            on_connection(response.extensions.get("network_stream"))
+            try:
+                yield events
+                await _drain(events)
+            finally:
+                on_connection(None)  # it goes back to the pool, or is closed: not ours to abort
     except ProviderError:
         raise
     except Exception as exc:

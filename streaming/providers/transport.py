@@ -10,6 +10,8 @@ streams do.
 
 import asyncio
 import collections
+import contextlib
+import socket
 import ssl
 import urllib.request
 from typing import Any
@@ -137,8 +139,20 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 raise httpcore.WriteTimeout("could not send within the write timeout") from None
 
     async def aclose(self) -> None:
-        # At once: a TLS close() would first wait for the server's close_notify, and a
-        # connection closed here is done with (a stop, or an idle one leaving the pool).
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the connection now, from anywhere on the loop (a stop calls this directly).
+
+        The socket is shut down in this call: a transport's abort() only closes it when the
+        loop next turns, which under load is a whole burst of other streams later. And no
+        TLS close_notify is waited for: a connection closed here is done with (a stop, or an
+        idle one leaving the pool)."""
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and sock.fileno() >= 0:
+            # Through a duplicate: the transport's own socket object (uvloop's) has no shutdown().
+            with contextlib.suppress(OSError), socket.fromfd(sock.fileno(), sock.family, sock.type) as dup:
+                dup.shutdown(socket.SHUT_RDWR)
         self._transport.abort()
         if self._watchdog is not None:
             self._watchdog.cancel()
