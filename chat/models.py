@@ -66,6 +66,22 @@ class Message(models.Model):
     provider = models.CharField(max_length=32, blank=True)
     model = models.CharField(max_length=200, blank=True)
     worker = models.CharField(max_length=200, blank=True, help_text="Server process that produces the stream.")
+    # An answer's prompt; answers to one prompt are its versions (Regenerate), one of them `selected`
+    # (the one shown and sent upstream later), each possibly continued by further rows (Continue).
+    # The fields added since the first release have defaults in the database too: during a rolling
+    # deploy, older workers insert rows without them.
+    reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="answers",
+                                 help_text="The prompt this answers.")
+    continues = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE,
+                                  related_name="continuations", help_text="The stopped answer this goes on from.")
+    selected = models.BooleanField(default=True, db_default=True,
+                                   help_text="The version of its prompt's answer that is shown and sent upstream.")
+    superseded_at = models.DateTimeField(null=True, blank=True,
+                                         help_text="Replaced by an edit of an earlier prompt; kept for the record.")
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    tokens_estimated = models.BooleanField(default=False, db_default=False,
+                                           help_text="No usage from the model server (stopped early): estimated.")
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -198,9 +198,17 @@ def message_created(user_message: Message, assistant_message: Message, client_id
             "assistant_message": assistant, "client_id": client_id}
 
 
+def usage(message: Message) -> dict | None:
+    if message.prompt_tokens is None and message.completion_tokens is None:
+        return None
+    return {"prompt_tokens": message.prompt_tokens, "completion_tokens": message.completion_tokens,
+            "estimated": message.tokens_estimated}
+
+
 def terminal(message: Message) -> dict:
     """The terminal event of a finished message."""
-    event = {"message_id": message.pk, "content": message.content, "chunk_count": message.chunk_count}
+    event = {"message_id": message.pk, "content": message.content, "chunk_count": message.chunk_count,
+             "usage": usage(message)}
     if message.status == Message.Status.COMPLETE:
         return {"type": "stream_complete", **event}
     if message.status == Message.Status.CANCELLED:

@@ -16,7 +16,8 @@ class MessageSerializer(serializers.ModelSerializer):
         fields = [
             "id", "role", "status", "content", "display_content", "cancel_reason", "error_type",
             "error_detail", "chunk_count", "created_at", "started_at", "last_chunk_at", "finished_at",
-            "provider", "model",
+            "provider", "model", "reply_to", "continues", "selected", "prompt_tokens", "completion_tokens",
+            "tokens_estimated",
         ]
         read_only_fields = fields
 

@@ -206,6 +206,9 @@ def message_finalize(*, message_id: int, outcome: Outcome | None, content: str |
             changes["content"] = content
         if chunk_count is not None:
             changes["chunk_count"] = chunk_count
+        if outcome.usage is not None:
+            changes.update(prompt_tokens=outcome.usage.prompt_tokens, completion_tokens=outcome.usage.completion_tokens,
+                           tokens_estimated=outcome.usage_estimated)
         won = bool(Message.objects.filter(pk=message_id, status__in=Message.ACTIVE_STATUSES).update(**changes))
         if won:
             log.info("message %s finalized: %s %s", message_id, outcome.status, outcome.reason or outcome.error_type)

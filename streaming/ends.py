@@ -3,6 +3,8 @@ what its row says once final (Ending), which may differ when someone else won th
 
 from dataclasses import dataclass
 
+from .providers.base import Usage
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -13,6 +15,8 @@ class Outcome:
     error_type: str = ""
     detail: str = ""  # safe to show the user
     internal: str = ""  # what the upstream said, keys redacted: the log and staff only
+    usage: Usage | None = None  # tokens, the model server's or estimated (usage_estimated)
+    usage_estimated: bool = False
 
 
 @dataclass(frozen=True)

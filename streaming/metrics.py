@@ -37,6 +37,8 @@ time_to_first_chunk = Histogram(
     "stopchat_time_to_first_chunk_seconds", "From the start of a stream to its first upstream delta",
     buckets=LATENCY_BUCKETS,
 )
+tokens = Counter("stopchat_tokens", "Tokens of finished answers (the model server's counts, or estimates), "
+                 "by kind (prompt, completion) and the answer's status", ["kind", "status"])
 upstream_errors = Counter("stopchat_upstream_errors_total", "Upstream failures, by error type", ["error_type"])
 flushes = Counter("stopchat_flushes_total", "Saves of produced text to the database, by result", ["result"])
 

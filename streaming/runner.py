@@ -2,20 +2,27 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from . import metrics
 from .ends import Ending, Outcome
-from .providers.base import Provider, ProviderError
+from .providers.base import Provider, ProviderError, Usage
 from .registry import Stream
 
 log = logging.getLogger("streaming.runner")
 finished = logging.getLogger("streaming.finished")  # one structured record per finished stream
 
 FINALIZE_ATTEMPTS = 8  # backing off up to 5 s: rides out a database restart
+CHARS_PER_TOKEN = 4  # the usual rough measure, for an answer the model server did not count
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,8 @@ class Runner:
         stream = self.stream
         stream.relay.emit()  # the terminal content is exactly the text of the frames sent before it
         content = stream.relay.text()
+        if outcome is not None:
+            outcome = self._with_usage(outcome, content)
         for attempt in range(FINALIZE_ATTEMPTS):
             try:
                 ending = await self.store.finalize(stream.message_id, outcome, content, stream.chunk_count)
@@ -153,12 +162,29 @@ class Runner:
         metrics.stop_reached(stream.stop_timeline, "row_final")
         stream.relay.finish(ending.event, stream.stop_timeline or None)
         stream.ending.set_result(ending)
-        self._record(ending, len(content))
+        self._record(ending, len(content), outcome.usage if outcome is not None else None)
 
-    def _record(self, ending: Ending, chars: int) -> None:
+    def _with_usage(self, outcome: Outcome, content: str) -> Outcome:
+        """The model server's counts where it gave them; an estimate where it did not (an
+        answer stopped before its usage came, a server that sends none), marked as one."""
+        told = getattr(self.provider, "usage", None) or Usage()
+        prompt = told.prompt_tokens
+        # A count of the output is final only at the end (Anthropic's first one is a placeholder).
+        completion = told.completion_tokens if outcome.status == "complete" else None
+        estimated = prompt is None or completion is None
+        if prompt is None:
+            prompt = estimate_tokens("".join(m["content"] for m in self.messages))
+        if completion is None:
+            completion = estimate_tokens(content)
+        return dataclasses.replace(outcome, usage=Usage(prompt, completion), usage_estimated=estimated)
+
+    def _record(self, ending: Ending, chars: int, usage: Usage | None) -> None:
         """Metrics and one structured log record per finished stream."""
         stream, now = self.stream, time.monotonic()
         metrics.streams_finished.labels(ending.status, ending.detail).inc()
+        if usage is not None:
+            metrics.tokens.labels("prompt", ending.status).inc(usage.prompt_tokens or 0)
+            metrics.tokens.labels("completion", ending.status).inc(usage.completion_tokens or 0)
         if ending.status == "error":
             metrics.upstream_errors.labels(ending.detail).inc()
         if ending.status == "cancelled" and stream.stop_requested_at is not None:

@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from streaming.providers import get_provider
 from streaming.providers.anthropic import AnthropicProvider
+from streaming.providers.base import CONTINUE_INSTRUCTION, Usage
 from streaming.providers.demo import DemoProvider, compose_answer
 from streaming.providers.openai import OpenAIProvider
 from tests.helpers import BUDGET, wait_for
@@ -43,12 +44,36 @@ async def test_it_sends_model_messages_stream_and_auth(llm, upstream):
     await run(get_provider())
     request = upstream.requests[0]
     assert request.path == "/v1/chat/completions"
-    assert request.json == {"model": "fake-model", "messages": MESSAGES, "stream": True}
+    assert request.json == {"model": "fake-model", "messages": MESSAGES, "stream": True,
+                            "stream_options": {"include_usage": True}}
     assert request.headers["authorization"] == "Bearer test-key"
 
     llm.LLM_API_KEY = ""
     await run(get_provider())
     assert "authorization" not in upstream.requests[1].headers
+
+
+async def test_it_reads_the_usage_openai_sends_last(llm, upstream):
+    upstream.enqueue(chat_reply(["Hi"], usage={"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}))
+    provider = get_provider()
+    assert await run(provider) == (["Hi"], None)
+    assert provider.usage == Usage(prompt_tokens=12, completion_tokens=3)
+    upstream.enqueue(chat_reply(["No usage"]))  # a server that ignores stream_options
+    provider = get_provider()
+    await run(provider)
+    assert provider.usage is None
+
+
+async def test_it_asks_openai_to_continue_a_partial_answer_without_repeating_it(llm, upstream):
+    partial = MESSAGES + [{"role": "assistant", "content": "Hello th", "partial": True}]
+    await run(get_provider(), partial)
+    assert upstream.requests[0].json["messages"] == [
+        {"role": "system", "content": "Be brief.\n\n" + CONTINUE_INSTRUCTION},
+        {"role": "user", "content": "Say hello"},
+        {"role": "assistant", "content": "Hello th"},  # last: the model goes on from it
+    ]
+    await run(get_provider(), partial[1:])  # no system message of its own: the instruction comes first
+    assert upstream.requests[1].json["messages"][0] == {"role": "system", "content": CONTINUE_INSTRUCTION}
 
 
 async def test_it_skips_non_json_and_deltaless_lines(llm, upstream):
@@ -236,6 +261,32 @@ async def test_it_takes_anthropics_base_url_with_or_without_v1(claude, upstream,
     upstream.enqueue(anthropic_reply(["Hi"]))
     assert await run(get_provider()) == (["Hi"], None)
     assert upstream.requests[0].path == "/v1/messages"
+
+
+async def test_it_reads_anthropics_usage_from_the_start_and_the_last_delta(claude, upstream):
+    upstream.enqueue(anthropic_reply(["a", "b", "c"], input_tokens=25))
+    provider = get_provider()
+    await run(provider)
+    assert provider.usage == Usage(prompt_tokens=25, completion_tokens=3)
+
+
+async def test_it_continues_an_anthropic_answer_as_a_prefill_without_its_trailing_space(claude, upstream):
+    upstream.enqueue(anthropic_reply([" world", "!"]))
+    partial = [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": "Hello ", "partial": True}]
+    deltas, error = await run(get_provider(), partial)
+    assert error is None
+    assert upstream.requests[0].json["messages"] == [{"role": "user", "content": "Say hello"},
+                                                     {"role": "assistant", "content": "Hello"}]
+    assert "Hello " + "".join(deltas) == "Hello world!"  # joined with the partial as stored
+
+
+async def test_the_demo_model_continues_its_own_answer_from_where_it_stopped():
+    demo = DemoProvider(delay=0)
+    whole = "".join([delta async for delta in demo.stream(MESSAGES)])
+    partial = whole[:137]
+    rest = "".join([delta async for delta in demo.stream(MESSAGES + [
+        {"role": "assistant", "content": partial, "partial": True}])])
+    assert partial + rest == whole
 
 
 async def test_it_maps_an_anthropic_error_event_to_upstream(claude, upstream):

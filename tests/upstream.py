@@ -64,12 +64,16 @@ def _chat_chunk(delta: dict, finish_reason: str | None = None) -> bytes:
     })
 
 
-def _chat_pieces(chunks: list[str], delay: float, first_delay: float, done: bool) -> Iterator[Piece]:
-    # Like the real API: a role-only first delta, content, an empty final delta.
+def _chat_pieces(chunks: list[str], delay: float, first_delay: float, done: bool,
+                 usage: dict | None = None) -> Iterator[Piece]:
+    # Like the real API: a role-only first delta, content, an empty final delta, and (when the
+    # request asked for stream_options.include_usage) a last chunk with no choices but the usage.
     yield 0.0, _chat_chunk({"role": "assistant", "content": ""}), False
     for i, chunk in enumerate(chunks):
         yield (first_delay if i == 0 else delay), _chat_chunk({"content": chunk}), True
     yield 0.0, _chat_chunk({}, "stop"), False
+    if usage is not None:
+        yield 0.0, _sse({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [], "usage": usage}), False
     if done:
         yield 0.0, _sse("[DONE]"), False
 
@@ -82,8 +86,9 @@ def _sse_reply(body: Callable[[], Iterable[Piece]], end: str = "finish") -> Repl
     return Reply(headers={"content-type": "text/event-stream"}, body=body, end=end)
 
 
-def chat_reply(chunks: list[str], delay: float = 0.0, first_delay: float = 0.0, done: bool = True) -> Reply:
-    return _sse_reply(lambda: _chat_pieces(chunks, delay, first_delay, done))
+def chat_reply(chunks: list[str], delay: float = 0.0, first_delay: float = 0.0, done: bool = True,
+               usage: dict | None = None) -> Reply:
+    return _sse_reply(lambda: _chat_pieces(chunks, delay, first_delay, done, usage))
 
 
 def endless_reply(delay: float = 0.01, word: str = "tok") -> Reply:
@@ -127,10 +132,10 @@ def raw_reply(body_lines: list[str], content_type: str = "text/event-stream", de
     return Reply(headers={"content-type": content_type}, body=pieces)
 
 
-def anthropic_reply(chunks: list[str], delay: float = 0.0) -> Reply:
+def anthropic_reply(chunks: list[str], delay: float = 0.0, input_tokens: int = 1) -> Reply:
     def pieces() -> Iterator[Piece]:
         message = {"id": "msg_fake", "type": "message", "role": "assistant", "content": [],
-                   "model": "fake", "stop_reason": None, "usage": {"input_tokens": 1, "output_tokens": 0}}
+                   "model": "fake", "stop_reason": None, "usage": {"input_tokens": input_tokens, "output_tokens": 1}}
         yield 0.0, _sse({"type": "message_start", "message": message}, "message_start"), False
         block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
         yield 0.0, _sse(block, "content_block_start"), False

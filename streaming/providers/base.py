@@ -1,7 +1,27 @@
 """The one interface every model provider implements."""
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
+
+# Sent with a partial answer to continue (Continue after a stop): OpenAI-compatible servers get
+# the partial as the last assistant message and this as a system instruction; Anthropic
+# continues a prefilled assistant turn by itself.
+CONTINUE_INSTRUCTION = ("Your previous answer was cut off. Continue it exactly where it stopped: "
+                        "do not repeat any of it and do not add a preamble.")
+
+
+@dataclass
+class Usage:
+    """Tokens the model server counted for one answer (None: not reported)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def continues(messages: list[dict]) -> bool:
+    """Whether the conversation ends with a partial answer to go on from (`"partial": True`)."""
+    return bool(messages) and messages[-1].get("partial", False)
 
 
 class ProviderError(Exception):
@@ -22,9 +42,11 @@ class ProviderError(Exception):
 class Provider(Protocol):
     name: str
     model: str
+    usage: Usage | None  # what the model server counted, once it said
 
     def stream(self, messages: list[dict]) -> AsyncIterator[str]:
-        """Yield text deltas of the answer to `messages` ([{"role", "content"}, ...]).
+        """Yield text deltas of the answer to `messages` ([{"role", "content"}, ...]); a
+        last assistant message with `"partial": True` is an answer cut short, to go on from.
 
         Cancelling the task that iterates (or closing the iterator) must close
         the upstream request at once; failures raise ProviderError.

@@ -9,6 +9,8 @@ import re
 import zlib
 from collections.abc import AsyncIterator
 
+from .base import continues
+
 WORD = re.compile(r"\S+\s*")
 
 THEMES = [
@@ -103,12 +105,17 @@ CLOSING = (
 class DemoProvider:
     name = "demo"
     model = "demo"
+    usage = None  # it counts nothing: the runner estimates
 
     def __init__(self, *, delay: float):
         self.delay = max(0.0, delay)
 
     async def stream(self, messages: list[dict]) -> AsyncIterator[str]:
-        for word in WORD.findall(compose_answer(messages)):
+        answer = compose_answer(messages)
+        if continues(messages) and answer.startswith(messages[-1]["content"]):
+            answer = answer[len(messages[-1]["content"]):]  # Continue: the rest of the same answer
+        leading = answer[:len(answer) - len(answer.lstrip())]  # WORD would drop it
+        for word in ([leading] if leading else []) + WORD.findall(answer):
             # Even a zero delay yields to the loop, so a cancel lands between words.
             await asyncio.sleep(self.delay)
             yield word

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from .base import ProviderError
+from .base import ProviderError, Usage
 from .transport import upstream_client
 
 logger = logging.getLogger("streaming.providers")
@@ -49,6 +49,7 @@ class HTTPProvider:
         self.read_timeout = read_timeout
 
         self._connection = None  # the network stream of the reply being read, while one is
+        self.usage: Usage | None = None
 
     def open(self, *, headers: dict, body: dict):
         """`open_sse` on this provider's URL, with its time limits and its key kept out of errors."""
