@@ -61,25 +61,32 @@ def limits() -> Limits:
 
 # -- start ------------------------------------------------------------------------------------
 
-async def start(*, user, project: Project, content: str, include_context: bool, context_files: list[str],
-                client_id, watcher: Watcher, session_key: str | None = None) -> Message:
-    """Store the prompt, start its answer in this process and let `watcher` follow it
-    (`message_created` first, then the stream). Raises a ServiceError when refused;
-    `session_key` (a socket's) must still sign the user in."""
+async def start(*, user, project: Project, watcher: Watcher, client_id=None, session_key: str | None = None,
+                content: str = "", include_context: bool = False, context_files: list[str] = (),
+                edit_of: int | None = None, again_of: int | None = None, continuing: bool = False) -> Message:
+    """Start an answer in this process and let `watcher` follow it (`message_created` first,
+    then the stream): to a new prompt (`content`; `edit_of` the prompt it replaces), or,
+    `again_of` an answer, another answer to its prompt (Continue when `continuing`, else
+    Regenerate). Raises a ServiceError when refused; `session_key` (a socket's) must still
+    sign the user in."""
     if not await bus.check():
         raise StreamUnavailable("The server cannot start answers right now (its message bus is down).")
     await _make_room_in_process()
     provider = get_provider()
-    prompt = await writer.run(
-        services.chat_prompt_create, user=user, project=project, content=content, include_context=include_context,
-        context_files=context_files, provider=provider.name, model=provider.model, session_key=session_key,
-    )
+    who = {"user": user, "project": project, "provider": provider.name, "model": provider.model,
+           "session_key": session_key}
+    if again_of is not None:
+        prompt = await writer.run(services.answer_again, message_id=again_of, continuing=continuing, **who)
+    else:
+        prompt = await writer.run(services.chat_prompt_create, content=content, include_context=include_context,
+                                  context_files=list(context_files), edit_of=edit_of, **who)
     for message_id in prompt.evict:
         await stop_if_running(message_id=message_id, reason=Message.CancelReason.LIMIT)
     answer = prompt.answer
     stream = Stream(message_id=answer.pk, user_id=user.pk, project_id=project.pk,
                     relay=Relay(answer.pk, settings.STREAM_FRAME_INTERVAL, protocol.ENCODER))
-    created = protocol.dump(protocol.message_created(prompt.user_message, answer, client_id))
+    created = protocol.dump(protocol.message_created(None if again_of else prompt.user_message, answer, client_id,
+                                                     prompt.superseded))
     watcher.deliver(Frame(answer.pk, text=created))
     stream.relay.attach(watcher)
     runner = Runner(stream=stream, provider=provider, messages=prompt.messages, store=store, limits=limits())

@@ -73,6 +73,18 @@ def _cancel_response(code: int, answer_id: int | None, **fields) -> Response:
     return Response({"success": code < 300, **ids, **fields}, status=code)
 
 
+class VersionSelect(APIView):
+    """Show another version of an answer (the one later prompts see)."""
+
+    def post(self, request, project_id, message_id):
+        project = selectors.project_get(user=request.user, project_id=project_id)
+        try:
+            version = services.version_select(project=project, message_id=message_id)
+        except NotFound:
+            return Response({"detail": "Not found."}, status=status.HTTP_404_NOT_FOUND)
+        return Response({"message_id": version.pk, "reply_to": version.reply_to_id, "selected": True})
+
+
 class StreamList(APIView):
     permission_classes = [permissions.IsAdminUser]
 

@@ -11,5 +11,10 @@ urlpatterns = [
     path("projects/<int:project_id>/chat", sse.chat_stream),
     path("projects/<int:project_id>/chat/cancel", api.ChatCancel.as_view(), name="api-chat-cancel"),
     path("projects/<int:project_id>/chat/cancel/", api.ChatCancel.as_view()),
+    path("projects/<int:project_id>/messages/<int:message_id>/continue/", sse.continue_stream, name="api-continue"),
+    path("projects/<int:project_id>/messages/<int:message_id>/regenerate/", sse.regenerate_stream,
+         name="api-regenerate"),
+    path("projects/<int:project_id>/messages/<int:message_id>/select/", api.VersionSelect.as_view(),
+         name="api-select-version"),
     path("streams/", api.StreamList.as_view(), name="api-streams"),
 ]

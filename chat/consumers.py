@@ -25,7 +25,7 @@ from streaming import metrics
 from streaming.registry import registry
 from streaming.relay import Frame
 
-from . import answers, protocol, selectors
+from . import answers, protocol, selectors, services
 from .errors import SessionEnded, StopPending, StreamUnavailable
 from .following import Following, follow_here
 from .models import Message
@@ -168,12 +168,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.push({"type": "pong"})
 
     async def on_send(self, frame):
-        answer = await answers.start(
-            user=self.user, project=self.project, content=frame["content"], include_context=frame["include_context"],
-            context_files=frame["context_files"], client_id=frame["client_id"], watcher=self,
-            session_key=self.session_key,
-        )
+        await self._start(content=frame["content"], include_context=frame["include_context"],
+                          context_files=frame["context_files"], edit_of=frame["edit_of"], client_id=frame["client_id"])
+
+    async def on_continue(self, frame):
+        await self._start(again_of=frame["message_id"], continuing=True, client_id=frame["client_id"])
+
+    async def on_regenerate(self, frame):
+        await self._start(again_of=frame["message_id"], continuing=False, client_id=frame["client_id"])
+
+    async def _start(self, **request):
+        answer = await answers.start(user=self.user, project=self.project, watcher=self, session_key=self.session_key,
+                                     **request)
         self.watching.add(answer.pk)
+
+    async def on_select_version(self, frame):
+        version = await database_sync_to_async(services.version_select)(project=self.project,
+                                                                         message_id=frame["message_id"])
+        self.push(protocol.version_selected(version))
 
     async def on_cancel(self, frame):
         message_id = frame["message_id"]

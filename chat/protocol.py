@@ -24,7 +24,8 @@ MAX_FILE_NAME = 255  # ProjectFile.name
 MAX_ID = 2**63 - 1  # the largest id a database row can have
 NAMES_SHOWN = 3  # an error lists at most this many names
 # The original ticket's clients send camelCase in the SSE body; both spellings are accepted.
-CAMEL_CASE_FIELDS = {"includeContext": "include_context", "contextFiles": "context_files", "clientId": "client_id"}
+CAMEL_CASE_FIELDS = {"includeContext": "include_context", "contextFiles": "context_files", "clientId": "client_id",
+                     "editOf": "edit_of"}
 
 
 class FrameError(Exception):
@@ -124,21 +125,27 @@ def _send(frame):
         raise FrameError("validation", f"A file name in context_files is longer than {MAX_FILE_NAME} characters.")
     for name in context_files:
         _text("A file name in context_files", name)
-    client_id = frame.get("client_id")
-    if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 200):
-        raise FrameError("validation", "client_id must be a string of at most 200 characters.")
+    edit_of = frame.get("edit_of")
     return {
         "content": _text("content", content),
         "include_context": include_context,
         "context_files": context_files,
-        "client_id": client_id if client_id is None else _text("client_id", client_id),
+        "client_id": _client_id(frame),
+        "edit_of": None if edit_of is None else _message_id({"message_id": edit_of}, "edit_of"),
     }
 
 
-def _message_id(frame):
+def _client_id(frame) -> str | None:
+    client_id = frame.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or len(client_id) > 200):
+        raise FrameError("validation", "client_id must be a string of at most 200 characters.")
+    return client_id if client_id is None else _text("client_id", client_id)
+
+
+def _message_id(frame, field: str = "message_id"):
     message_id = frame.get("message_id")
     if not _is_int(message_id) or message_id < 1:
-        raise FrameError("validation", "message_id must be a positive integer.")
+        raise FrameError("validation", f"{field} must be a positive integer.")
     if message_id > MAX_ID:  # no row can have it, and the database could not even look it up
         raise FrameError("not_found", f"No message {message_id} in this project.", message_id)
     return message_id
@@ -146,6 +153,11 @@ def _message_id(frame):
 
 def _cancel(frame):
     return {"message_id": _message_id(frame)}
+
+
+def _another_answer(frame):
+    """`continue` and `regenerate`: another answer to the prompt of the message named."""
+    return {"message_id": _message_id(frame), "client_id": _client_id(frame)}
 
 
 def _resume(frame):
@@ -168,7 +180,8 @@ def _quote(value) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-VALIDATORS = {"send": _send, "cancel": _cancel, "resume": _resume, "ping": _ping}
+VALIDATORS = {"send": _send, "cancel": _cancel, "resume": _resume, "ping": _ping, "continue": _another_answer,
+              "regenerate": _another_answer, "select_version": _cancel}
 
 
 # -- events out ----------------------------------------------------------------------------
@@ -187,15 +200,26 @@ def message_dict(message: Message) -> dict:
     data = {"id": message.pk, "role": message.role, "content": message.content,
             "created_at": message.created_at.isoformat()}
     if message.role == Message.Role.ASSISTANT:
-        data["status"] = message.status
+        data.update(status=message.status, reply_to=message.reply_to_id, continues=message.continues_id,
+                    selected=message.selected, provider=message.provider, model=message.model)
     return data
 
 
-def message_created(user_message: Message, assistant_message: Message, client_id=None) -> dict:
+def message_created(user_message: Message | None, assistant_message: Message, client_id=None,
+                    superseded: list[int] = ()) -> dict:
+    """A new answer: with its new prompt, or (Continue, Regenerate) `user_message` None; an
+    edit also names the messages it replaced."""
     assistant = message_dict(assistant_message)
     del assistant["content"]
-    return {"type": "message_created", "user_message": message_dict(user_message),
-            "assistant_message": assistant, "client_id": client_id}
+    event = {"type": "message_created", "user_message": message_dict(user_message) if user_message else None,
+             "assistant_message": assistant, "client_id": client_id}
+    if superseded:
+        event["superseded"] = list(superseded)
+    return event
+
+
+def version_selected(version: Message) -> dict:
+    return {"type": "version_selected", "message_id": version.pk, "reply_to": version.reply_to_id}
 
 
 def usage(message: Message) -> dict | None:
@@ -279,8 +303,8 @@ class TicketEvents:
         if kind == "message_created":
             user, answer = event["user_message"], event["assistant_message"]
             event["messageId"] = answer["id"]
-            event["userMessage"] = {"id": user["id"], "content": user["content"], "role": "user",
-                                    "timestamp": user["created_at"]}
+            event["userMessage"] = user and {"id": user["id"], "content": user["content"], "role": "user",
+                                             "timestamp": user["created_at"]}
             event["assistantMessage"] = {"id": answer["id"], "content": "", "role": "assistant",
                                          "timestamp": answer["created_at"], "isLoading": True, "canCancel": True}
             return dump(event)

@@ -26,7 +26,46 @@ def project_get(*, user, project_id) -> Project:
 
 
 def message_list(*, project):
+    """Every message of the project, oldest first, superseded ones included (the REST API)."""
     return Message.objects.filter(project=project).order_by("created_at", "id")
+
+
+def visible_messages(*, project):
+    """The conversation as shown: every message not replaced by an edit, oldest first."""
+    return message_list(project=project).filter(superseded_at__isnull=True)
+
+
+def answer_get(*, project, message_id: int) -> Message:
+    """A visible answer of the project (to continue, regenerate, show), or NotFound."""
+    try:
+        return visible_messages(project=project).select_related("reply_to").get(
+            pk=message_id, role=Message.Role.ASSISTANT, reply_to__isnull=False)
+    except Message.DoesNotExist:
+        raise NotFound(f"No answer {message_id} in this project.") from None
+
+
+def prompt_get(*, project, message_id: int) -> Message:
+    """A visible prompt of the project (to edit), or NotFound."""
+    try:
+        return visible_messages(project=project).get(pk=message_id, role=Message.Role.USER)
+    except Message.DoesNotExist:
+        raise NotFound(f"No prompt {message_id} in this project.") from None
+
+
+def chain_head(*, answer: Message) -> Message:
+    """The version an answer row belongs to: the first row of its chain of continuations."""
+    while answer.continues_id is not None:
+        answer = Message.objects.get(pk=answer.continues_id)
+    return answer
+
+
+def chain_text(*, answer: Message) -> str:
+    """The text of an answer up to this row: its version's rows joined, without markers."""
+    parts = []
+    while answer is not None:
+        parts.append(answer.content)
+        answer = Message.objects.get(pk=answer.continues_id) if answer.continues_id else None
+    return "".join(reversed(parts))
 
 
 def message_get(*, user, project_id, message_id) -> Message:
@@ -101,17 +140,48 @@ def recent_answer_times(*, user, since, limit: int) -> list:
 # -- the conversation sent upstream ----------------------------------------------------------------
 
 def prompt_messages(*, project, up_to: Message, files) -> list[dict]:
-    """The conversation sent upstream: context files as a system message, then every
-    finished message up to `up_to` (stopped answers as what they produced)."""
+    """The conversation sent upstream: context files as a system message, then every turn
+    before `up_to` (a prompt, and the text of the version of its answer that is shown, its
+    continuations joined, without markers), then `up_to` itself."""
     prompt = []
     if files:
         parts = [f"--- {f.name} ---\n{f.content}" for f in files]
         prompt.append({"role": "system", "content": "Project files for context:\n\n" + "\n\n".join(parts)})
-    history = message_list(project=project).filter(id__lte=up_to.pk).exclude(status__in=Message.ACTIVE_STATUSES)
-    for role, content in history.values_list("role", "content"):
-        if content:
-            prompt.append({"role": role, "content": content})
+    rows = list(visible_messages(project=project).values(
+        "id", "role", "status", "content", "reply_to_id", "continues_id", "selected"))
+    answers = _shown_answers(rows)
+    for row in rows:
+        if row["id"] == up_to.pk:
+            break
+        if row["role"] != Message.Role.USER:
+            continue
+        prompt.append({"role": "user", "content": row["content"]})
+        if answers.get(row["id"]):
+            prompt.append({"role": "assistant", "content": answers[row["id"]]})
+    prompt.append({"role": "user", "content": up_to.content})
     return prompt
+
+
+def _shown_answers(rows: list[dict]) -> dict[int, str]:
+    """Prompt id -> the text later prompts see of its answer: the selected version (the latest,
+    should two be), each finished row of its chain of continuations joined."""
+    heads, next_of = {}, {}
+    for row in rows:
+        if row["role"] != Message.Role.ASSISTANT or row["reply_to_id"] is None:
+            continue
+        if row["continues_id"] is None:
+            if row["selected"] or row["reply_to_id"] not in heads:
+                heads[row["reply_to_id"]] = row
+        else:
+            next_of[row["continues_id"]] = row
+    shown = {}
+    for prompt_id, row in heads.items():
+        parts = []
+        while row is not None and row["status"] not in Message.ACTIVE_STATUSES:
+            parts.append(row["content"])
+            row = next_of.get(row["id"])
+        shown[prompt_id] = "".join(parts)
+    return shown
 
 
 def streams_to_sweep(*, stale_after: float, max_age: float, now) -> dict[int, str]:

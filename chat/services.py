@@ -4,13 +4,13 @@ admin and commands."""
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Value
+from django.db.models import Case, Q, Value, When
 from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
@@ -78,41 +78,103 @@ def _clean_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A stored prompt: the user's message, its answer's placeholder row, the conversation
-    to send upstream, and the user's answers to stop first under `cancel_oldest`."""
+    """A stored request for an answer: the user's message it answers, the answer's placeholder
+    row, the conversation to send upstream, the user's answers to stop first under
+    `cancel_oldest`, and (an edit) the rows it replaced."""
 
     user_message: Message
     answer: Message
     messages: list[dict]
     evict: list[int]
+    superseded: list[int] = field(default_factory=list)
 
 
 def chat_prompt_create(*, user, project: Project, content: str, include_context: bool, context_files: list[str],
-                       provider: str, model: str, session_key: str | None = None) -> Prompt:
-    """`session_key`: the session a socket was opened with, checked to still sign the user in."""
+                       provider: str, model: str, session_key: str | None = None,
+                       edit_of: int | None = None) -> Prompt:
+    """A prompt and its answer's placeholder. `edit_of`: a prompt of this project this one
+    replaces, with every message after it (kept, marked superseded, out of the conversation).
+    `session_key`: the session a socket was opened with, checked to still sign the user in."""
     files = _context_files(project=project, include_context=include_context, names=context_files)
     with transaction.atomic():
-        # Serializes one user's sends (PostgreSQL), so two cannot both take the last slot.
-        current = get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-        if session_key is not None and (current is None or not selectors.session_is_current(
-                session_key=session_key, user=current)):
-            raise SessionEnded("Your session has ended; please sign in again.")
-        _check_rate(user=user)
-        active = list(selectors.active_answers(user=user).values_list("pk", flat=True))
-        evict = []
-        excess = len(active) - settings.STREAM_MAX_PER_USER + 1
-        if excess > 0:
-            if settings.STREAM_LIMIT_POLICY == "reject":
-                raise LimitExceeded(
-                    f"You have {len(active)} answers streaming (at most {settings.STREAM_MAX_PER_USER} per user).")
-            evict = active[:excess]
+        evict = _admit(user=user, session_key=session_key)
+        superseded = _supersede_from(project=project, message_id=edit_of) if edit_of is not None else []
         user_message = Message.objects.create(project=project, role=Message.Role.USER, content=content)
-        answer = Message.objects.create(
-            project=project, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
-            provider=provider, model=model, worker=WORKER_ID,
-        )
+        answer = _placeholder(project=project, reply_to=user_message, provider=provider, model=model)
     messages = selectors.prompt_messages(project=project, up_to=user_message, files=files)
-    return Prompt(user_message=user_message, answer=answer, messages=messages, evict=evict)
+    return Prompt(user_message=user_message, answer=answer, messages=messages, evict=evict, superseded=superseded)
+
+
+def answer_again(*, user, project: Project, message_id: int, continuing: bool, provider: str, model: str,
+                 session_key: str | None = None) -> Prompt:
+    """Another answer to an answered prompt: Continue (`continuing`: a stopped or failed answer
+    goes on, as a new row that continues it) or Regenerate (a new version, the one shown)."""
+    with transaction.atomic():
+        evict = _admit(user=user, session_key=session_key)
+        target = selectors.answer_get(project=project, message_id=message_id)
+        if not target.is_finished:
+            raise ServiceError("This answer is still being written; stop it first.")
+        prompt = target.reply_to
+        if continuing:
+            if target.status not in (Message.Status.CANCELLED, Message.Status.ERROR):
+                raise ServiceError("Only an answer that was stopped or failed can be continued.")
+            if target.continuations.filter(superseded_at__isnull=True).exists():
+                raise ServiceError("This answer was continued already; continue its last part.")
+            partial = selectors.chain_text(answer=target)
+            answer = _placeholder(project=project, reply_to=prompt, provider=provider, model=model, continues=target)
+        else:
+            Message.objects.filter(reply_to=prompt, continues__isnull=True).update(selected=False)
+            answer = _placeholder(project=project, reply_to=prompt, provider=provider, model=model)
+    messages = selectors.prompt_messages(project=project, up_to=prompt, files=[])
+    if continuing:
+        messages.append({"role": Message.Role.ASSISTANT, "content": partial, "partial": True})
+    return Prompt(user_message=prompt, answer=answer, messages=messages, evict=evict)
+
+
+def version_select(*, project: Project, message_id: int) -> Message:
+    """Show another version of an answer (and send it upstream from now on); the version."""
+    with transaction.atomic():
+        head = selectors.chain_head(answer=selectors.answer_get(project=project, message_id=message_id))
+        Message.objects.filter(reply_to=head.reply_to, continues__isnull=True).update(
+            selected=Case(When(pk=head.pk, then=Value(True)), default=Value(False)))
+    head.selected = True
+    return head
+
+
+def _admit(*, user, session_key: str | None) -> list[int]:
+    """The checks before any new answer: the session (a socket's), the rate, the user's cap.
+    The answers to stop first under `cancel_oldest`; raises when refused."""
+    # Serializes one user's sends (PostgreSQL), so two cannot both take the last slot.
+    current = get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    if session_key is not None and (current is None or not selectors.session_is_current(
+            session_key=session_key, user=current)):
+        raise SessionEnded("Your session has ended; please sign in again.")
+    _check_rate(user=user)
+    active = list(selectors.active_answers(user=user).values_list("pk", flat=True))
+    excess = len(active) - settings.STREAM_MAX_PER_USER + 1
+    if excess <= 0:
+        return []
+    if settings.STREAM_LIMIT_POLICY == "reject":
+        raise LimitExceeded(f"You have {len(active)} answers streaming (at most {settings.STREAM_MAX_PER_USER} per user).")
+    return active[:excess]
+
+
+def _placeholder(*, project, reply_to: Message, provider: str, model: str, continues: Message | None = None) -> Message:
+    return Message.objects.create(project=project, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
+                                  provider=provider, model=model, worker=WORKER_ID, reply_to=reply_to,
+                                  continues=continues)
+
+
+def _supersede_from(*, project, message_id: int) -> list[int]:
+    """Mark a prompt of the project and every message after it superseded; their ids."""
+    edited = selectors.prompt_get(project=project, message_id=message_id)
+    later = selectors.visible_messages(project=project).filter(
+        Q(created_at__gt=edited.created_at) | Q(created_at=edited.created_at, id__gte=edited.pk))
+    if later.filter(status__in=Message.ACTIVE_STATUSES).exists():
+        raise ServiceError("An answer after this prompt is still being written; stop it first.")
+    ids = list(later.values_list("pk", flat=True))
+    Message.objects.filter(pk__in=ids).update(superseded_at=timezone.now())
+    return ids
 
 
 def _check_rate(*, user) -> None:

@@ -1,4 +1,6 @@
-"""`POST /api/projects/<id>/chat/`: a prompt answered as `text/event-stream` (docs/protocol.md).
+"""`POST /api/projects/<id>/chat/`: a prompt answered as `text/event-stream`, and the same
+for another answer to an answered prompt: `POST /api/projects/<id>/messages/<mid>/continue/`
+and `.../regenerate/` (docs/protocol.md).
 
 A plain async Django view, not DRF: DRF views are sync and would hold a
 thread for as long as an answer streams.
@@ -37,6 +39,26 @@ class QueueWatcher:
 
 @csrf_exempt  # checked below for a session, as DRF does; a token needs none
 async def chat_stream(request, project_id):
+    return await _answer_stream(request, project_id, lambda: _send_fields(request.body))
+
+
+@csrf_exempt
+async def continue_stream(request, project_id, message_id):
+    return await _answer_stream(request, project_id, lambda: {"again_of": message_id, "continuing": True})
+
+
+@csrf_exempt
+async def regenerate_stream(request, project_id, message_id):
+    return await _answer_stream(request, project_id, lambda: {"again_of": message_id, "continuing": False})
+
+
+def _send_fields(body: bytes) -> dict:
+    frame = protocol.parse_send_body(body)
+    del frame["type"]
+    return frame
+
+
+async def _answer_stream(request, project_id, fields):
     """Start an answer and stream its events, `message_created` first, the terminal event last.
 
     Errors before the stream starts, as JSON `{code, detail}` with the status of the one
@@ -52,8 +74,7 @@ async def chat_stream(request, project_id):
     except Http404:
         return JsonResponse({"detail": "Not found."}, status=404)
     try:
-        frame = protocol.parse_send_body(request.body)
-        body = await _start(user, project, frame)
+        body = await _start(user, project, fields())
     except Exception as error:
         if not isinstance(error, protocol.EXPECTED):
             log.exception("a send over SSE could not be handled")
@@ -93,10 +114,7 @@ def error_response(error: Exception) -> JsonResponse:
 async def _start(user, project, frame: dict):
     """The answer's events as a started generator."""
     watcher = QueueWatcher()
-    answer = await answers.start(
-        user=user, project=project, content=frame["content"], include_context=frame["include_context"],
-        context_files=frame["context_files"], client_id=frame["client_id"], watcher=watcher,
-    )
+    answer = await answers.start(user=user, project=project, watcher=watcher, **frame)
     body = _event_stream(watcher, answer.pk)
     # Started with no await since the answer began: asyncio closes a started async generator
     # that is dropped, running its `finally`, so a response Django never sends (the client

@@ -26,15 +26,18 @@ def answer(project, status="streaming", worker=WORKER_ID, **fields):
 
 class TestPrompt:
     def test_it_stores_the_prompt_and_a_pending_answer_and_builds_the_conversation(self, user, project):
-        Message.objects.create(project=project, role="user", content="earlier question")
-        answer(project, status="cancelled", cancel_reason="user", content="half an answer")
-        answer(project, status="error", content="")  # a failed answer with no text is left out
+        earlier = Message.objects.create(project=project, role="user", content="earlier question")
+        answer(project, status="cancelled", cancel_reason="user", content="half an answer", reply_to=earlier)
+        failed = Message.objects.create(project=project, role="user", content="a question whose answer failed")
+        answer(project, status="error", content="", reply_to=failed)  # an answer with no text is left out
         created = prompt(user, project, "and now?")
         assert (created.user_message.role, created.user_message.content) == ("user", "and now?")
         assert (created.answer.status, created.answer.worker, created.answer.provider) == ("pending", WORKER_ID, "demo")
+        assert created.answer.reply_to == created.user_message
         assert created.messages == [
             {"role": "user", "content": "earlier question"},
             {"role": "assistant", "content": "half an answer"},  # as produced, without its marker
+            {"role": "user", "content": "a question whose answer failed"},
             {"role": "user", "content": "and now?"},
         ]
 
@@ -140,3 +143,81 @@ class TestSweep:
         assert Message.objects.get(pk=rows["fresh"].pk).status == "streaming"
         again = sweep(stale_after=60, max_age=600, owner_wait=0.1)
         assert again.found == {} and again.finalized == {}
+
+
+class TestVersionsContinuationsAndEdits:
+    @pytest.fixture
+    def turn(self, project):
+        """A prompt answered by a stopped answer."""
+        prompt = Message.objects.create(project=project, role="user", content="Tell me a story")
+        stopped = answer(project, status="cancelled", cancel_reason="user", content="Once upon ", reply_to=prompt)
+        return prompt, stopped
+
+    def again(self, user, project, message_id, continuing):
+        return services.answer_again(user=user, project=project, message_id=message_id, continuing=continuing,
+                                     provider="demo", model="demo")
+
+    def test_continue_asks_to_go_on_from_the_partial_and_later_prompts_see_the_joined_text(self, user, project, turn):
+        prompt, stopped = turn
+        more = self.again(user, project, stopped.pk, continuing=True)
+        assert (more.answer.continues, more.answer.reply_to, more.user_message) == (stopped, prompt, prompt)
+        assert more.messages[-2:] == [{"role": "user", "content": "Tell me a story"},
+                                      {"role": "assistant", "content": "Once upon ", "partial": True}]
+        Message.objects.filter(pk=more.answer.pk).update(status="cancelled", cancel_reason="user", content="a time")
+        third = self.again(user, project, more.answer.pk, continuing=True)
+        assert third.messages[-1]["content"] == "Once upon a time"  # the whole chain so far
+        Message.objects.filter(pk=third.answer.pk).update(status="complete", content=", the end.")
+        later = prompt_for(user, project, "And then?")
+        assert later.messages[-3:] == [{"role": "user", "content": "Tell me a story"},
+                                       {"role": "assistant", "content": "Once upon a time, the end."},
+                                       {"role": "user", "content": "And then?"}]
+
+    def test_only_a_finished_stopped_or_failed_answer_without_a_continuation_can_be_continued(self, user, project, turn):
+        prompt, stopped = turn
+        self.again(user, project, stopped.pk, continuing=True)
+        with pytest.raises(ServiceError, match="continued already"):
+            self.again(user, project, stopped.pk, continuing=True)
+        complete = answer(project, status="complete", content="done", reply_to=prompt, selected=False)
+        with pytest.raises(ServiceError, match="stopped or failed"):
+            self.again(user, project, complete.pk, continuing=True)
+        running = answer(project, reply_to=prompt, selected=False)
+        with pytest.raises(ServiceError, match="still being written"):
+            self.again(user, project, running.pk, continuing=False)
+
+    def test_regenerate_adds_a_version_that_later_prompts_see_until_another_is_shown(self, user, project, turn):
+        prompt, stopped = turn
+        second = self.again(user, project, stopped.pk, continuing=False)
+        assert second.answer.continues is None and second.answer.selected
+        assert second.messages[-1] == {"role": "user", "content": "Tell me a story"}  # the prompt, not the old answer
+        assert not Message.objects.get(pk=stopped.pk).selected
+        Message.objects.filter(pk=second.answer.pk).update(status="complete", content="A new story.")
+        assert prompt_for(user, project, "More").messages[1] == {"role": "assistant", "content": "A new story."}
+        services.version_select(project=project, message_id=stopped.pk)
+        assert prompt_for(user, project, "More").messages[1] == {"role": "assistant", "content": "Once upon "}
+        assert list(Message.objects.filter(reply_to=prompt, selected=True)) == [Message.objects.get(pk=stopped.pk)]
+
+    def test_an_edit_replaces_the_prompt_and_everything_after_it_and_keeps_the_rows(self, user, project, turn):
+        prompt, stopped = turn
+        next_prompt = prompt_for(user, project, "Go on")
+        Message.objects.filter(pk=next_prompt.answer.pk).update(status="complete", content="It went on.")
+        edited = services.chat_prompt_create(user=user, project=project, content="Tell me a poem",
+                                             include_context=False, context_files=[], provider="demo", model="demo",
+                                             edit_of=prompt.pk)
+        assert sorted(edited.superseded) == sorted([prompt.pk, stopped.pk, next_prompt.user_message.pk,
+                                                    next_prompt.answer.pk])
+        assert edited.messages == [{"role": "user", "content": "Tell me a poem"}]
+        assert Message.objects.filter(superseded_at__isnull=False).count() == 4  # kept, marked
+        assert [m.pk for m in selectors.visible_messages(project=project)] == [edited.user_message.pk,
+                                                                               edited.answer.pk]
+
+    def test_an_edit_waits_for_a_running_answer_after_it_to_stop(self, user, project, turn):
+        prompt, _ = turn
+        answer(project, reply_to=prompt, selected=False)  # still streaming
+        with pytest.raises(ServiceError, match="stop it first"):
+            services.chat_prompt_create(user=user, project=project, content="x", include_context=False,
+                                        context_files=[], provider="demo", model="demo", edit_of=prompt.pk)
+
+
+def prompt_for(user, project, content):
+    return services.chat_prompt_create(user=user, project=project, content=content, include_context=False,
+                                       context_files=[], provider="demo", model="demo")
