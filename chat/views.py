@@ -5,7 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from . import selectors, services
+from . import protocol, selectors, services
 from .forms import ProjectFileForm, ProjectForm
 from .services import ServiceError
 
@@ -84,26 +84,13 @@ def project_file_delete(request, project_id, file_id):
 
 
 def _render_chat(request, project, rename_form):
-    history = [_message_data(message) for message in selectors.message_list(project=project)]
+    history = [{**protocol.message_dict(message), "display_content": message.display_content,
+                "usage": protocol.usage(message)} for message in selectors.visible_messages(project=project)]
     context = {
         "project": project,
+        "projects": selectors.project_list(user=request.user),
         "rename_form": rename_form,
         "messages_data": history,
         "file_names": [f.name for f in selectors.project_file_list(project=project)],
     }
     return render(request, "chat/project_chat.html", context)
-
-
-def _message_data(message):
-    """The shape chat.js renders; it mirrors the websocket frames' fields."""
-    return {
-        "id": message.pk,
-        "role": message.role,
-        "status": message.status,
-        "content": message.content,
-        "display_content": message.display_content,
-        "cancel_reason": message.cancel_reason,
-        "error_type": message.error_type,
-        "error_detail": message.error_detail,
-        "chunk_count": message.chunk_count,
-    }

@@ -1,13 +1,13 @@
-// The chat page: one websocket, streamed answers rendered as sanitized markdown.
-// Frames and statuses: docs/protocol.md.
-import { marked } from "../vendor/marked/marked.esm.js";
-import DOMPurify from "../vendor/dompurify/purify.es.mjs";
+// The chat page: one websocket, answers streamed as sanitized markdown; after a stop, the
+// next step: Continue, Regenerate (versions), Edit, Copy. Frames and statuses: docs/protocol.md.
+import { copyButton, renderMarkdown } from "./markdown.js";
 
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 const CONNECTED_BANNER_MS = 1500;
 const BOTTOM_SLACK_PX = 40;
 const ACTIVE_STATUSES = new Set(["pending", "streaming"]);
+const STOPPED_STATUSES = new Set(["cancelled", "error"]);
 const CLOSE_SIGNED_OUT = 4401;
 const CLOSE_NOT_FOUND = 4404;
 const CLOSE_TOO_MANY = 4429;
@@ -15,56 +15,32 @@ const CLOSE_TOO_MANY = 4429;
 const messagesEl = document.getElementById("messages");
 const promptEl = document.getElementById("prompt");
 const sendButton = document.getElementById("send-button");
+const escHint = document.getElementById("esc-hint");
+const editNote = document.getElementById("edit-note");
 const bannerEl = document.getElementById("connection-banner");
 const alertsEl = document.getElementById("alerts");
 const includeContextEl = document.getElementById("include-context");
 
-marked.use({ gfm: true, breaks: true });
-// Model output may carry HTML written by whoever planted text in the prompt. Only
-// what markdown itself produces is kept: no media, frames, forms or SVG, and no
-// attribute that makes the browser fetch a URL (src, srcset, poster, background),
-// because a fetched URL can carry the conversation away. Inline styles could
-// restyle the page, ids could clobber the page's own globals.
-const PURIFY_CONFIG = {
-  ALLOWED_TAGS: [
-    "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "details", "div", "dl", "dt", "em",
-    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "input", "kbd", "li", "mark", "ol", "p", "pre",
-    "s", "span", "strong", "sub", "summary", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "u", "ul",
-  ],
-  ALLOWED_ATTR: ["href", "title", "align", "start", "colspan", "rowspan", "type", "checked", "disabled"],
-  ALLOW_DATA_ATTR: false,
-};
-DOMPurify.addHook("afterSanitizeAttributes", (node) => {
-  // Links in model output must not get a handle on this page (window.opener).
-  if (node.tagName === "A") {
-    node.setAttribute("target", "_blank");
-    node.setAttribute("rel", "noopener noreferrer");
-  }
-  // Markdown makes inputs only for task lists: anything else becomes one of those.
-  if (node.tagName === "INPUT") {
-    node.setAttribute("type", "checkbox");
-    node.setAttribute("disabled", "");
-  }
-});
-
-function renderMarkdown(text) {
-  return DOMPurify.sanitize(marked.parse(text), PURIFY_CONFIG);
-}
-
-// id -> {id, role, status, text, lastSeq, prompt, stopping, renderQueued, resyncing, el, body}
-const messages = new Map();
+// rows: every message row, by id. An answer is a chain of rows (a version, then the rows that
+// continue it), shown as one bubble; a prompt may have several versions, one of them shown.
+const rows = new Map(); // id -> {id, role, status, text, marker, lastSeq, replyTo, continues, usage, ...}
+const chains = new Map(); // head id -> {head, ids: [row ids], el, body, renderQueued}
+const prompts = new Map(); // user row id -> {row, el, versions: [head ids]}
 let socket = null;
 let retryDelay = BACKOFF_START_MS;
 let bannerTimer = null;
 let pendingClientId = null;
+let editing = null; // the prompt being edited, by id
 let stickToBottom = true;
 
-const isActive = (rec) => ACTIVE_STATUSES.has(rec.status);
+const isActive = (row) => ACTIVE_STATUSES.has(row.status);
+const lastRow = (chain) => rows.get(chain.ids[chain.ids.length - 1]);
+const chainOf = (row) => chains.get(row.head);
 
-// The Stop button controls the newest answer still streaming.
-function activeAnswer() {
+// The Stop button controls the newest answer row still streaming.
+function activeRow() {
   let found = null;
-  for (const rec of messages.values()) if (rec.role === "assistant" && isActive(rec)) found = rec;
+  for (const row of rows.values()) if (row.role === "assistant" && isActive(row)) found = row;
   return found;
 }
 
@@ -74,7 +50,7 @@ function send(frame) {
   return true;
 }
 
-// ---- rendering -------------------------------------------------------------
+// ---- rows and their bubbles ------------------------------------------------------------------
 
 function markerFrom(displayText, content) {
   const tail = displayText.startsWith(content) ? displayText.slice(content.length) : displayText;
@@ -82,83 +58,211 @@ function markerFrom(displayText, content) {
   return tail.trim().replace(/^\*([\s\S]*)\*$/, "$1");
 }
 
-function addMessage({ id, role, status, content, marker = "", prompt = null }) {
+function addRow(data) {
+  const row = {
+    id: data.id, role: data.role, status: data.status ?? "complete", text: data.content ?? "",
+    marker: data.marker ?? "", lastSeq: 0, replyTo: data.reply_to ?? null, continues: data.continues ?? null,
+    selected: data.selected ?? true, provider: data.provider ?? "", model: data.model ?? "",
+    usage: data.usage ?? null, resyncing: false, stopping: false, head: data.id,
+  };
+  rows.set(row.id, row);
+  messagesEl.querySelector(".empty-state")?.remove();
+  if (row.role === "user") addPrompt(row);
+  else if (row.continues !== null && rows.has(row.continues)) joinChain(row);
+  else addVersion(row);
+  return row;
+}
+
+function addPrompt(row) {
+  const el = article("user", row.id);
+  el.querySelector(".message-body").textContent = row.text; // a prompt is shown as typed
+  const actions = el.querySelector(".message-actions");
+  actions.append(actionButton("Edit", () => startEditing(row)));
+  prompts.set(row.id, { row, el, versions: [] });
+  messagesEl.append(el);
+}
+
+function addVersion(row) {
+  const el = article("assistant", row.id);
+  el.insertAdjacentHTML("afterbegin", '<p class="answer-model muted"></p>');
+  el.querySelector(".message-body").insertAdjacentHTML("afterend", `<span class="typing-indicator" role="img"
+      aria-label="Answer is being written"><span></span><span></span><span></span></span>`);
+  const chain = { head: row.id, ids: [row.id], el, body: el.querySelector(".message-body"), renderQueued: false };
+  chains.set(row.id, chain);
+  const prompt = prompts.get(row.replyTo);
+  if (prompt) {
+    prompt.versions.push(row.id);
+    const after = prompt.versions.length > 1 ? chains.get(prompt.versions.at(-2)).el : prompt.el;
+    after.after(el);
+  } else {
+    messagesEl.append(el);
+  }
+  renderChain(chain);
+  if (prompt) showVersion(prompt, row.selected ? row.id : prompt.versions.find((id) => rows.get(id).selected));
+}
+
+function joinChain(row) {
+  row.head = rows.get(row.continues).head;
+  chainOf(row).ids.push(row.id);
+  renderChain(chainOf(row));
+}
+
+function article(role, id) {
   const el = document.createElement("article");
   el.className = `message message-${role}`;
   el.dataset.messageId = id;
   el.dataset.role = role;
-  const body = document.createElement("div");
-  body.className = "message-body";
-  el.append(body);
-  if (role === "assistant") {
-    el.insertAdjacentHTML("beforeend", `<span class="typing-indicator" role="img" aria-label="Answer is being written">
-      <span></span><span></span><span></span></span>`);
-  }
-  const rec = { id, role, status, text: content, lastSeq: 0, prompt, stopping: false, renderQueued: false, resyncing: false, el, body };
-  messages.set(id, rec);
-  messagesEl.querySelector(".empty-state")?.remove();
-  messagesEl.append(el);
-  renderBody(rec);
-  showStatus(rec, marker);
-  return rec;
+  el.innerHTML = '<div class="message-body"></div><div class="message-actions"></div>';
+  return el;
 }
 
-function renderBody(rec) {
-  // A prompt is shown as typed: markdown or HTML in it is the user's text, not formatting.
-  if (rec.role === "user") rec.body.textContent = rec.text;
-  else rec.body.innerHTML = renderMarkdown(rec.text);
-  scrollIfFollowing();
+function actionButton(label, onClick, className = "") {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `button small ${className}`.trim();
+  button.textContent = label;
+  button.addEventListener("click", onClick);
+  return button;
 }
+
+const chainText = (chain) => chain.ids.map((id) => rows.get(id).text).join("");
 
 // rAF coalesces a burst of chunks into one render of this bubble only.
-function scheduleRender(rec) {
-  if (rec.renderQueued) return;
-  rec.renderQueued = true;
+function scheduleRender(chain) {
+  if (chain.renderQueued) return;
+  chain.renderQueued = true;
   requestAnimationFrame(() => {
-    rec.renderQueued = false;
-    renderBody(rec);
+    chain.renderQueued = false;
+    renderChain(chain);
   });
 }
 
-// The marker and Retry exist only when shown, so a bubble's text is exactly what is visible.
-function showStatus(rec, marker) {
-  rec.el.dataset.status = rec.status;
-  rec.el.setAttribute("aria-busy", String(isActive(rec)));
-  rec.el.querySelectorAll(":scope > .marker, :scope > .retry-button").forEach((el) => el.remove());
-  if (marker) {
+function renderChain(chain) {
+  const last = lastRow(chain);
+  renderMarkdown(chain.body, chainText(chain), { final: !isActive(last) });
+  chain.el.dataset.status = last.status;
+  chain.el.dataset.lastId = last.id;
+  chain.el.setAttribute("aria-busy", String(isActive(last)));
+  chain.el.querySelectorAll(":scope > .marker").forEach((el) => el.remove());
+  if (last.marker) {
     const markerEl = document.createElement("p");
     markerEl.className = "marker";
-    markerEl.textContent = marker;
-    rec.el.append(markerEl);
+    markerEl.textContent = last.marker;
+    chain.body.after(markerEl);
   }
-  if (rec.status === "error" && rec.prompt) {
-    const retry = document.createElement("button");
-    retry.type = "button";
-    retry.className = "button small retry-button";
-    retry.textContent = "Retry";
-    retry.addEventListener("click", () => sendPrompt(rec.prompt));
-    rec.el.append(retry);
-  }
-  syncSendButton();
+  chain.el.querySelector(".answer-model").textContent = [rows.get(chain.head).provider, rows.get(chain.head).model]
+    .filter(Boolean).join(" · ");
+  renderActions(chain);
+  scrollIfFollowing();
+  syncComposer();
 }
 
-function finish(rec, status, content, marker) {
-  rec.status = status;
-  rec.stopping = false;
-  rec.text = content;
-  renderBody(rec);
-  showStatus(rec, marker);
+function renderActions(chain) {
+  const actions = chain.el.querySelector(".message-actions");
+  actions.replaceChildren();
+  const last = lastRow(chain);
+  const prompt = prompts.get(rows.get(chain.head).replyTo);
+  if (prompt && prompt.versions.length > 1) actions.append(versionSwitcher(prompt, chain.head));
+  if (isActive(last)) return;
+  actions.append(copyButton("Copy", () => chainText(chain)));
+  if (prompt) {
+    const label = last.status === "error" ? "Retry" : "Regenerate";
+    actions.append(actionButton(label, () => requestAnswer("regenerate", last.id)));
+  }
+  if (STOPPED_STATUSES.has(last.status) && prompt) {
+    actions.append(actionButton("Continue", () => requestAnswer("continue", last.id)));
+  }
+  const usage = usageText(chain);
+  if (usage) {
+    const el = document.createElement("span");
+    el.className = "usage muted";
+    el.textContent = usage.text;
+    el.title = usage.title;
+    actions.append(el);
+  }
 }
 
-function syncSendButton() {
-  const answer = activeAnswer();
+function usageText(chain) {
+  const counted = chain.ids.map((id) => rows.get(id).usage).filter(Boolean);
+  if (!counted.length) return null;
+  const sum = (key) => counted.reduce((total, usage) => total + (usage[key] ?? 0), 0);
+  const estimated = counted.some((usage) => usage.estimated);
+  return {
+    text: `${estimated ? "≈ " : ""}${sum("prompt_tokens")} + ${sum("completion_tokens")} tokens`,
+    title: estimated ? "Prompt + answer tokens, estimated (the model server gave no count)" : "Prompt + answer tokens",
+  };
+}
+
+function versionSwitcher(prompt, head) {
+  const index = prompt.versions.indexOf(head);
+  const nav = document.createElement("span");
+  nav.className = "versions";
+  const go = (step) => () => selectVersion(prompt, prompt.versions[index + step]);
+  const previous = actionButton("‹", go(-1));
+  previous.setAttribute("aria-label", "Previous version");
+  previous.disabled = index === 0;
+  const next = actionButton("›", go(1));
+  next.setAttribute("aria-label", "Next version");
+  next.disabled = index === prompt.versions.length - 1;
+  const label = document.createElement("span");
+  label.className = "version-label";
+  label.textContent = `${index + 1} / ${prompt.versions.length}`;
+  nav.append(previous, label, next);
+  return nav;
+}
+
+function showVersion(prompt, head = prompt.versions.at(-1)) {
+  for (const id of prompt.versions) {
+    rows.get(id).selected = id === head;
+    chains.get(id).el.hidden = id !== head;
+    renderActions(chains.get(id));
+  }
+  syncComposer();
+}
+
+function selectVersion(prompt, head) {
+  if (!send({ type: "select_version", message_id: head })) return;
+  showVersion(prompt, head);
+}
+
+function removeRows(ids) {
+  for (const id of ids) {
+    const row = rows.get(id);
+    if (!row) continue;
+    rows.delete(id);
+    prompts.get(id)?.el.remove();
+    prompts.delete(id);
+    chains.get(id)?.el.remove();
+    chains.delete(id);
+  }
+  for (const prompt of prompts.values()) prompt.versions = prompt.versions.filter((id) => chains.has(id));
+}
+
+function finish(row, status, content, marker, usage) {
+  row.status = status;
+  row.stopping = false;
+  row.text = content;
+  row.marker = marker;
+  row.usage = usage ?? null;
+  renderChain(chainOf(row));
+}
+
+// ---- the composer --------------------------------------------------------------------------
+
+function syncComposer() {
+  const answer = activeRow();
   let state = "send";
   if (answer) state = answer.stopping ? "stopping" : "stop";
   sendButton.dataset.state = state;
-  sendButton.textContent = { send: "Send", stop: "Stop", stopping: "Stopping…" }[state];
+  sendButton.textContent = { send: editing ? "Send edit" : "Send", stop: "Stop", stopping: "Stopping…" }[state];
   sendButton.disabled = state === "stopping" || (state === "send" && pendingClientId !== null);
   sendButton.classList.toggle("danger", state !== "send");
   sendButton.classList.toggle("primary", state === "send");
+  escHint.hidden = state === "send";
+  // Another answer may not start while one streams (the Stop button belongs to it).
+  messagesEl.querySelectorAll(".message-actions .button:not(.copy-button)").forEach((button) => {
+    if (!button.closest(".versions")) button.disabled = Boolean(answer);
+  });
 }
 
 function scrollIfFollowing() {
@@ -170,7 +274,26 @@ messagesEl.addEventListener("scroll", () => {
   stickToBottom = distance < BOTTOM_SLACK_PX;
 });
 
-// ---- banner and alerts -------------------------------------------------------
+function startEditing(row) {
+  editing = row.id;
+  promptEl.value = row.text;
+  editNote.hidden = false;
+  promptEl.focus();
+  syncComposer();
+}
+
+function stopEditing() {
+  editing = null;
+  editNote.hidden = true;
+  syncComposer();
+}
+
+document.getElementById("edit-cancel").addEventListener("click", () => {
+  promptEl.value = "";
+  stopEditing();
+});
+
+// ---- banner and alerts -------------------------------------------------------------------------
 
 function setBanner(state, text, link = null) {
   clearTimeout(bannerTimer);
@@ -192,12 +315,8 @@ function showAlert(text) {
   alert.setAttribute("role", "alert");
   const textEl = document.createElement("span");
   textEl.textContent = text;
-  const close = document.createElement("button");
-  close.type = "button";
-  close.className = "alert-dismiss";
+  const close = actionButton("×", () => alert.remove(), "alert-dismiss");
   close.setAttribute("aria-label", "Dismiss");
-  close.textContent = "×";
-  close.addEventListener("click", () => alert.remove());
   alert.append(textEl, close);
   alertsEl.append(alert);
 }
@@ -209,7 +328,7 @@ function errorText({ code, detail, retry_after }) {
   return detail || `Something went wrong (${code}).`;
 }
 
-// ---- sending and stopping ----------------------------------------------------
+// ---- sending and stopping ------------------------------------------------------------------------
 
 function randomId() {
   // crypto.randomUUID needs a secure context; getRandomValues does not.
@@ -221,28 +340,39 @@ function contextOptions() {
   return { include_context: includeContextEl.checked, context_files: includeContextEl.checked ? files : [] };
 }
 
-function sendPrompt(content) {
-  if (!content?.trim() || activeAnswer() || pendingClientId) return;
+function request(frame) {
+  if (activeRow() || pendingClientId) return false;
   const clientId = randomId();
-  if (!send({ type: "send", content, ...contextOptions(), client_id: clientId })) {
-    showAlert("Not connected, so the message was not sent. Try again once the connection is back.");
-    return;
+  if (!send({ ...frame, client_id: clientId })) {
+    showAlert("Not connected, so nothing was sent. Try again once the connection is back.");
+    return false;
   }
   pendingClientId = clientId;
   stickToBottom = true;
-  syncSendButton();
+  syncComposer();
+  return true;
 }
 
-function stop(rec) {
-  rec.stopping = true;
+function sendPrompt(content) {
+  if (!content?.trim()) return;
+  const edit = editing !== null ? { edit_of: editing } : {};
+  request({ type: "send", content, ...contextOptions(), ...edit });
+}
+
+function requestAnswer(type, messageId) {
+  request({ type, message_id: messageId });
+}
+
+function stop(row) {
+  row.stopping = true;
   // If the socket is down, the cancel goes out with the resume on reconnect.
-  send({ type: "cancel", message_id: rec.id });
-  syncSendButton();
+  send({ type: "cancel", message_id: row.id });
+  syncComposer();
 }
 
 document.getElementById("composer").addEventListener("submit", (event) => {
   event.preventDefault();
-  const answer = activeAnswer();
+  const answer = activeRow();
   if (answer) {
     if (!answer.stopping) stop(answer);
   } else {
@@ -253,13 +383,14 @@ document.getElementById("composer").addEventListener("submit", (event) => {
 promptEl.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
-    if (!activeAnswer()) document.getElementById("composer").requestSubmit();
+    if (!activeRow()) document.getElementById("composer").requestSubmit();
   }
 });
 
 document.addEventListener("keydown", (event) => {
-  const answer = activeAnswer();
+  const answer = activeRow();
   if (event.key === "Escape" && answer && !answer.stopping) stop(answer);
+  else if (event.key === "Escape" && editing !== null) document.getElementById("edit-cancel").click();
 });
 
 // Picking a file only makes sense with context on.
@@ -269,72 +400,79 @@ document.querySelectorAll('input[name="context_files"]').forEach((input) => {
   });
 });
 
-// ---- incoming frames -------------------------------------------------------------
+// ---- incoming frames -------------------------------------------------------------------------------
 
 const handlers = {
-  message_created({ user_message: user, assistant_message: answer, client_id: clientId }) {
+  message_created({ user_message: user, assistant_message: answer, client_id: clientId, superseded = [] }) {
     if (clientId && clientId === pendingClientId) {
       pendingClientId = null;
-      promptEl.value = "";
+      if (user) {
+        promptEl.value = "";
+        stopEditing();
+      }
     }
-    if (!messages.has(user.id)) addMessage({ ...user, status: "complete" });
-    if (!messages.has(answer.id)) addMessage({ ...answer, content: "", prompt: user.content });
+    removeRows(superseded);
+    if (user && !rows.has(user.id)) addRow({ ...user, status: "complete" });
+    if (!rows.has(answer.id)) addRow({ ...answer, content: "" });
   },
 
   message_chunk({ message_id: id, seq, delta }) {
-    const rec = messages.get(id);
-    if (!rec || !isActive(rec) || seq <= rec.lastSeq) return;
-    if (seq > rec.lastSeq + 1) {
+    const row = rows.get(id);
+    if (!row || !isActive(row) || seq <= row.lastSeq) return;
+    if (seq > row.lastSeq + 1) {
       // A chunk went missing: ask for the rest once, and let seq drop the overlap.
-      if (!rec.resyncing) rec.resyncing = send({ type: "resume", message_id: id, after_seq: rec.lastSeq });
+      if (!row.resyncing) row.resyncing = send({ type: "resume", message_id: id, after_seq: row.lastSeq });
       return;
     }
-    rec.resyncing = false;
-    rec.lastSeq = seq;
+    row.resyncing = false;
+    row.lastSeq = seq;
     // Seq 1 starts the text over: an answer loaded from history shows its stored
     // (lagging) text until `resume` replays its chunks from the first.
-    rec.text = seq === 1 ? delta : rec.text + delta;
-    if (rec.status !== "streaming") {
-      rec.status = "streaming";
-      rec.el.dataset.status = "streaming";
-    }
-    scheduleRender(rec);
+    row.text = seq === 1 ? delta : row.text + delta;
+    if (row.status !== "streaming") row.status = "streaming";
+    scheduleRender(chainOf(row));
   },
 
   // An answer over 1 MiB ends without its text (content_omitted): the deltas already have it.
-  stream_complete({ message_id: id, content }) {
-    const rec = messages.get(id);
-    if (rec) finish(rec, "complete", content ?? rec.text, "");
+  stream_complete({ message_id: id, content, usage }) {
+    const row = rows.get(id);
+    if (row) finish(row, "complete", content ?? row.text, "", usage);
   },
 
-  stream_cancelled({ message_id: id, content, partial_content: display }) {
-    const rec = messages.get(id);
-    if (rec) finish(rec, "cancelled", content ?? rec.text, markerFrom(display ?? "", content ?? ""));
+  stream_cancelled({ message_id: id, content, partial_content: display, usage }) {
+    const row = rows.get(id);
+    if (row) finish(row, "cancelled", content ?? row.text, markerFrom(display ?? "", content ?? ""), usage);
   },
 
-  stream_error({ message_id: id, content, partial_content: display, error }) {
-    const rec = messages.get(id);
-    if (rec) finish(rec, "error", content ?? rec.text, display ? markerFrom(display, content ?? "") : `[Error: ${error}]`);
+  stream_error({ message_id: id, content, partial_content: display, error, usage }) {
+    const row = rows.get(id);
+    const marker = display ? markerFrom(display, content ?? "") : `[Error: ${error}]`;
+    if (row) finish(row, "error", content ?? row.text, marker, usage);
+  },
+
+  version_selected({ message_id: id, reply_to: replyTo }) {
+    const prompt = prompts.get(replyTo);
+    if (prompt && prompt.versions.includes(id)) showVersion(prompt, id);
   },
 
   error(frame) {
-    const rec = messages.get(frame.message_id);
-    if (!frame.message_id) {
-      // We send no other frame without a message id, so this answers the pending send.
+    const row = rows.get(frame.message_id);
+    if (!frame.message_id || frame.code === "validation") {
+      // It answers the request waiting for its message_created.
       pendingClientId = null;
-      syncSendButton();
+      syncComposer();
     }
     if (frame.code === "already_finished") {
       // The answer ended before the cancel arrived: fetch its terminal event.
-      if (rec && isActive(rec)) send({ type: "resume", message_id: rec.id, after_seq: rec.lastSeq });
+      if (row && isActive(row)) send({ type: "resume", message_id: row.id, after_seq: row.lastSeq });
       return;
     }
     showAlert(errorText(frame));
-    if (rec && isActive(rec)) finish(rec, "error", rec.text, `[Error: ${frame.detail}]`);
+    if (row && isActive(row)) finish(row, "error", row.text, `[Error: ${frame.detail}]`);
   },
 };
 
-// ---- connection ---------------------------------------------------------------------
+// ---- connection -----------------------------------------------------------------------------------
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -343,11 +481,11 @@ function connect() {
   socket.addEventListener("open", () => {
     retryDelay = BACKOFF_START_MS;
     setBanner("connected", "Connected");
-    for (const rec of messages.values()) {
-      if (!isActive(rec)) continue;
-      rec.resyncing = false;
-      send({ type: "resume", message_id: rec.id, after_seq: rec.lastSeq });
-      if (rec.stopping) send({ type: "cancel", message_id: rec.id });
+    for (const row of rows.values()) {
+      if (!isActive(row)) continue;
+      row.resyncing = false;
+      send({ type: "resume", message_id: row.id, after_seq: row.lastSeq });
+      if (row.stopping) send({ type: "cancel", message_id: row.id });
     }
   });
 
@@ -362,9 +500,9 @@ function connect() {
   });
 
   socket.addEventListener("close", (event) => {
-    // Whether an unanswered send was accepted is unknown; let the user send again.
+    // Whether an unanswered request was accepted is unknown; let the user send again.
     pendingClientId = null;
-    syncSendButton();
+    syncComposer();
     if (event.code === CLOSE_SIGNED_OUT) {
       const href = `${messagesEl.dataset.loginUrl}?next=${encodeURIComponent(location.pathname)}`;
       setBanner("signed-out", "You are signed out.", { href, text: "Sign in again" });
@@ -381,15 +519,10 @@ function connect() {
 }
 
 function loadHistory() {
-  let lastPrompt = null;
   for (const item of JSON.parse(document.getElementById("history").textContent)) {
-    addMessage({
-      ...item,
-      marker: markerFrom(item.display_content, item.content),
-      prompt: item.role === "assistant" ? lastPrompt : null,
-    });
-    if (item.role === "user") lastPrompt = item.content;
+    addRow({ ...item, marker: markerFrom(item.display_content, item.content) });
   }
+  syncComposer();
 }
 
 loadHistory();

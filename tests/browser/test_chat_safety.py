@@ -25,9 +25,10 @@ ANSWER_CHUNKS = [
     ' <link rel="stylesheet" href="/leak/css"><object data="/leak/object"></object><embed src="/leak/embed">',
     ' <table background="/leak/table"><tr><td>cell</td></tr></table> The end.',
 ]
-# Everything inside the conversation that could run script.
+# Everything the messages' text became that could run script (the page's own buttons, the
+# answers' actions and a code block's Copy, are not model output).
 INSPECT = """() => {
-  const nodes = [...document.querySelectorAll("#messages *")];
+  const nodes = [...document.querySelectorAll("#messages .message-body *:not(.copy-button)")];
   return {
     pwned: window.__pwned ?? null,
     handlers: nodes.flatMap((el) => [...el.attributes].filter((a) => /^on/i.test(a.name)).map((a) => `${el.tagName} ${a.name}`)),
