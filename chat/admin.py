@@ -1,7 +1,7 @@
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -45,6 +45,23 @@ def stop_streams(modeladmin, request, queryset):
     modeladmin.message_user(request, summary, messages.SUCCESS)
 
 
+class Superseded(admin.SimpleListFilter):
+    """Rows an edit replaced: kept for the record, out of the conversation."""
+
+    title = "replaced by an edit"
+    parameter_name = "superseded"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(superseded_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(superseded_at__isnull=True)
+        return queryset
+
+
 @admin.display(description="content")
 def preview(message):
     return Truncator(message.content.strip()).chars(80)
@@ -66,9 +83,9 @@ class MessageAdmin(admin.ModelAdmin):
     # the marker also names the error type, which is a filter.
     list_display = [
         "id", "status", "cancel_reason", marker, preview, "project", "owner", "role",
-        "chunk_count", "duration_display", "created_at",
+        "chunk_count", "tokens", "duration_display", "created_at",
     ]
-    list_filter = ["status", "cancel_reason", "error_type", "role", "created_at"]
+    list_filter = ["status", "cancel_reason", "error_type", "role", "tokens_estimated", Superseded, "created_at"]
     search_fields = ["content", "project__name", "project__owner__username"]
     date_hierarchy = "created_at"
     list_select_related = ["project__owner"]
@@ -77,6 +94,7 @@ class MessageAdmin(admin.ModelAdmin):
         "project", "role", "status", "cancel_reason", "error_type", "error_detail", "error_internal", "content",
         "display_content", "chunk_count", "created_at", "started_at", "last_chunk_at", "finished_at",
         "cancel_requested_at", "cancel_requested_reason", "duration_display", "provider", "model", "worker",
+        "reply_to", "continues", "selected", "superseded_at", "prompt_tokens", "completion_tokens", "tokens_estimated",
     ]
     fieldsets = [
         (None, {"fields": ["project", "role", "status", "display_content"]}),
@@ -84,6 +102,8 @@ class MessageAdmin(admin.ModelAdmin):
                                 "cancel_requested_reason"]}),
         ("Stream", {"fields": ["chunk_count", "created_at", "started_at", "last_chunk_at", "finished_at",
                                "duration_display", "provider", "model", "worker"]}),
+        ("Cost", {"fields": ["prompt_tokens", "completion_tokens", "tokens_estimated"]}),
+        ("Conversation", {"fields": ["reply_to", "continues", "selected", "superseded_at"]}),
         ("Raw content", {"fields": ["content"], "classes": ["collapse"]}),
     ]
 
@@ -93,6 +113,24 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="owner", ordering="project__owner__username")
     def owner(self, message):
         return message.project.owner
+
+    @admin.display(description="tokens (prompt + answer)")
+    def tokens(self, message):
+        if message.prompt_tokens is None and message.completion_tokens is None:
+            return "—"
+        estimate = "≈ " if message.tokens_estimated else ""
+        return f"{estimate}{message.prompt_tokens or 0} + {message.completion_tokens or 0}"
+
+    def changelist_view(self, request, extra_context=None):
+        """The list, and under it what the listed answers cost, summed by status."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            response.context_data["cost_by_status"] = list(
+                changelist.queryset.filter(role=Message.Role.ASSISTANT).order_by().values("status").annotate(
+                    answers=Count("id"), prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
+                    estimated=Count("id", filter=Q(tokens_estimated=True))).order_by("status"))
+        return response
 
     @admin.display(description="duration")
     def duration_display(self, message):

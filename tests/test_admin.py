@@ -1,5 +1,6 @@
 """The admin answers "which answers were cancelled, why, and what had been produced"."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -72,3 +73,33 @@ def test_it_shows_staff_what_the_model_server_said_about_an_error(admin_client, 
     page = admin_client.get(reverse("admin:chat_message_change", args=[failed.pk])).content.decode()
     assert "Incorrect API key provided: [redacted]" in page
     assert "The model server rejected the request (401)." in page
+
+
+def test_it_shows_and_sums_what_answers_cost_by_status(admin_client, user):
+    project = Project.objects.create(owner=user, name="Costs")
+    Message.objects.create(project=project, role="assistant", status="complete", prompt_tokens=100,
+                           completion_tokens=40)
+    Message.objects.create(project=project, role="assistant", status="cancelled", cancel_reason="user",
+                           prompt_tokens=90, completion_tokens=12, tokens_estimated=True)
+    Message.objects.create(project=project, role="assistant", status="cancelled", cancel_reason="disconnect",
+                           prompt_tokens=10, completion_tokens=3, tokens_estimated=True)
+    page = admin_client.get(reverse("admin:chat_message_changelist")).content.decode()
+    assert "≈ 90 + 12" in page and "100 + 40" in page
+    assert cost_row(page, "cancelled") == ["cancelled", "2", "100", "15", "2"]
+    assert cost_row(page, "complete") == ["complete", "1", "100", "40", "0"]
+    only_user_stops = admin_client.get(reverse("admin:chat_message_changelist"), {"cancel_reason__exact": "user"})
+    assert cost_row(only_user_stops.content.decode(), "cancelled") == ["cancelled", "1", "90", "12", "1"]
+
+
+def cost_row(page: str, status: str) -> list[str]:
+    row = re.search(rf'<tr data-status="{status}">(.*?)</tr>', page, re.S).group(1)
+    return re.findall(r"<td>(.*?)</td>", row)
+
+
+def test_it_lists_rows_an_edit_replaced_apart(admin_client, user):
+    project = Project.objects.create(owner=user, name="Edits")
+    kept = Message.objects.create(project=project, role="user", content="the kept prompt")
+    Message.objects.create(project=project, role="user", content="the replaced prompt", superseded_at=timezone.now())
+    replaced = admin_client.get(reverse("admin:chat_message_changelist"), {"superseded": "yes"}).content.decode()
+    assert "the replaced prompt" in replaced and "the kept prompt" not in replaced
+    assert kept.superseded_at is None
