@@ -208,3 +208,43 @@ def test_it_cancels_the_answer_when_the_client_hangs_up(server, client, project_
     answer = stored(client, project_id, answer_id)
     assert (answer["status"], answer["cancel_reason"]) == ("cancelled", "disconnect")
     assert answer["display_content"].endswith("*[Response stopped: disconnect]*")
+
+
+class TestNextStepsOverHTTP:
+    pytestmark = pytest.mark.django_db(transaction=True)
+
+    async def test_continue_regenerate_and_select_over_the_rest_api(self, llm, api, project):
+        llm.enqueue(chat_reply(["Once", " upon"], done=False))  # cut short: a protocol error keeps the text
+        first = parse_sse((await api.post(chat_url(project.pk), json={"content": "A story"})).text)
+        first_id = first[0]["assistant_message"]["id"]
+        assert first[-1]["type"] == "stream_error" and first[-1]["content"] == "Once upon"
+
+        llm.enqueue(chat_reply([" a time."]))
+        more = parse_sse((await api.post(f"/api/projects/{project.pk}/messages/{first_id}/continue/")).text)
+        assert more[0]["user_message"] is None and more[0]["assistant_message"]["continues"] == first_id
+        assert more[-1]["type"] == "stream_complete" and more[-1]["content"] == " a time."
+        assert llm.requests[-1].json["messages"][-1] == {"role": "assistant", "content": "Once upon"}
+
+        llm.enqueue(chat_reply(["Another story."]))
+        again = parse_sse((await api.post(f"/api/projects/{project.pk}/messages/{first_id}/regenerate/")).text)
+        second_id = again[0]["assistant_message"]["id"]
+        assert again[-1]["content"] == "Another story." and again[0]["assistant_message"]["selected"] is True
+
+        selected = await api.post(f"/api/projects/{project.pk}/messages/{first_id}/select/")
+        assert selected.status_code == 200 and selected.json()["message_id"] == first_id
+        listed = {m["id"]: m for m in (await api.get(f"/api/projects/{project.pk}/messages/")).json()["results"]}
+        assert listed[first_id]["selected"] and not listed[second_id]["selected"]
+
+        refused = await api.post(f"/api/projects/{project.pk}/messages/{second_id}/continue/")
+        assert refused.status_code == 400 and "stopped or failed" in refused.json()["detail"]
+        missing = await api.post(f"/api/projects/{project.pk}/messages/999999/regenerate/")
+        assert missing.status_code == 404
+
+    async def test_an_edit_over_the_rest_api(self, llm, api, project):
+        llm.enqueue(chat_reply(["one"]))
+        first = parse_sse((await api.post(chat_url(project.pk), json={"content": "First"})).text)
+        llm.enqueue(chat_reply(["better"]))
+        edited = parse_sse((await api.post(chat_url(project.pk), json={
+            "content": "First, edited", "editOf": first[0]["user_message"]["id"]})).text)
+        assert sorted(edited[0]["superseded"]) == sorted([first[0]["user_message"]["id"],
+                                                          first[0]["assistant_message"]["id"]])

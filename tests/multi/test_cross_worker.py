@@ -3,6 +3,8 @@
 import asyncio
 import time
 
+import pytest
+
 from tests.helpers import BUDGET, TERMINAL, assert_contiguous, chunks_text
 from tests.live import frames_until, open_socket, send_frame
 from tests.upstream import chat_reply, endless_reply
@@ -107,3 +109,32 @@ async def test_it_caps_a_user_across_workers_under_concurrent_sends(cluster, cli
         cluster_upstream.set_default(chat_reply(["Hello", " world"]))
         for s in sockets:
             await s.__aexit__(None, None, None)
+
+
+async def test_it_resumes_a_continuation_on_worker_b_without_gaps_once(cluster, clients, project_id, cluster_upstream):
+    a, b = cluster.workers
+    async with open_socket(a, project_id, clients[0]) as on_a:
+        first_id = await start_answer(on_a, cluster_upstream, endless_reply(delay=0.005))
+        await frames_until(on_a, "message_chunk")
+        await send_frame(on_a, type="cancel", message_id=first_id)
+        partial = (await frames_until(on_a, *TERMINAL))[-1]["content"]
+        words = [f"w{i} " for i in range(40)]
+        cluster_upstream.enqueue(chat_reply(words, delay=0.02))
+        await send_frame(on_a, type="continue", message_id=first_id)
+        created = (await frames_until(on_a, "message_created"))[-1]
+        continuation_id = created["assistant_message"]["id"]
+        assert created["assistant_message"]["continues"] == first_id
+        before = []
+        while len(before) < 5:
+            before += await frames_until(on_a, "message_chunk")
+    async with open_socket(b, project_id, clients[1]) as on_b:  # the tab reloads on the other worker
+        await send_frame(on_b, type="resume", message_id=continuation_id, after_seq=before[-1]["seq"])
+        after = await frames_until(on_b, *TERMINAL, timeout=10)
+        with pytest.raises(TimeoutError):  # and nothing after its end: it ended once
+            await asyncio.wait_for(on_b.recv(), 0.5)
+    assert [f["type"] for f in after].count("stream_complete") == 1
+    assert_contiguous(before + after)
+    assert chunks_text(before + after) == after[-1]["content"] == "".join(words)
+    rows = cluster.sql("select id, status, continues_id, content from chat_message where id in (%s, %s) order by id",
+                       first_id, continuation_id)
+    assert rows == [(first_id, "cancelled", None, partial), (continuation_id, "complete", first_id, "".join(words))]
