@@ -1,13 +1,13 @@
 // The chat page: one websocket, answers streamed as sanitized markdown; after a stop, the
 // next step: Continue, Regenerate (versions), Edit, Copy. Frames and statuses: docs/protocol.md.
-import { copyButton, renderMarkdown } from "./markdown.js";
+import {
+  actions, activeRow, addRow, chainOf, finish, followBottom, isActive, markerFrom, removeRows, rows, scheduleRender,
+  versionSelected,
+} from "./conversation.js";
 
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 const CONNECTED_BANNER_MS = 1500;
-const BOTTOM_SLACK_PX = 40;
-const ACTIVE_STATUSES = new Set(["pending", "streaming"]);
-const STOPPED_STATUSES = new Set(["cancelled", "error"]);
 const CLOSE_SIGNED_OUT = 4401;
 const CLOSE_NOT_FOUND = 4404;
 const CLOSE_TOO_MANY = 4429;
@@ -21,230 +21,16 @@ const bannerEl = document.getElementById("connection-banner");
 const alertsEl = document.getElementById("alerts");
 const includeContextEl = document.getElementById("include-context");
 
-// rows: every message row, by id. An answer is a chain of rows (a version, then the rows that
-// continue it), shown as one bubble; a prompt may have several versions, one of them shown.
-const rows = new Map(); // id -> {id, role, status, text, marker, lastSeq, replyTo, continues, usage, ...}
-const chains = new Map(); // head id -> {head, ids: [row ids], el, body, renderQueued}
-const prompts = new Map(); // user row id -> {row, el, versions: [head ids]}
 let socket = null;
 let retryDelay = BACKOFF_START_MS;
 let bannerTimer = null;
 let pendingClientId = null;
 let editing = null; // the prompt being edited, by id
-let stickToBottom = true;
-
-const isActive = (row) => ACTIVE_STATUSES.has(row.status);
-const lastRow = (chain) => rows.get(chain.ids[chain.ids.length - 1]);
-const chainOf = (row) => chains.get(row.head);
-
-// The Stop button controls the newest answer row still streaming.
-function activeRow() {
-  let found = null;
-  for (const row of rows.values()) if (row.role === "assistant" && isActive(row)) found = row;
-  return found;
-}
 
 function send(frame) {
   if (socket?.readyState !== WebSocket.OPEN) return false;
   socket.send(JSON.stringify(frame));
   return true;
-}
-
-// ---- rows and their bubbles ------------------------------------------------------------------
-
-function markerFrom(displayText, content) {
-  const tail = displayText.startsWith(content) ? displayText.slice(content.length) : displayText;
-  // The marker is markdown emphasis; the page styles it instead.
-  return tail.trim().replace(/^\*([\s\S]*)\*$/, "$1");
-}
-
-function addRow(data) {
-  const row = {
-    id: data.id, role: data.role, status: data.status ?? "complete", text: data.content ?? "",
-    marker: data.marker ?? "", lastSeq: 0, replyTo: data.reply_to ?? null, continues: data.continues ?? null,
-    selected: data.selected ?? true, provider: data.provider ?? "", model: data.model ?? "",
-    usage: data.usage ?? null, resyncing: false, stopping: false, head: data.id,
-  };
-  rows.set(row.id, row);
-  messagesEl.querySelector(".empty-state")?.remove();
-  if (row.role === "user") addPrompt(row);
-  else if (row.continues !== null && rows.has(row.continues)) joinChain(row);
-  else addVersion(row);
-  return row;
-}
-
-function addPrompt(row) {
-  const el = article("user", row.id);
-  el.querySelector(".message-body").textContent = row.text; // a prompt is shown as typed
-  const actions = el.querySelector(".message-actions");
-  actions.append(actionButton("Edit", () => startEditing(row)));
-  prompts.set(row.id, { row, el, versions: [] });
-  messagesEl.append(el);
-}
-
-function addVersion(row) {
-  const el = article("assistant", row.id);
-  el.insertAdjacentHTML("afterbegin", '<p class="answer-model muted"></p>');
-  el.querySelector(".message-body").insertAdjacentHTML("afterend", `<span class="typing-indicator" role="img"
-      aria-label="Answer is being written"><span></span><span></span><span></span></span>`);
-  const chain = { head: row.id, ids: [row.id], el, body: el.querySelector(".message-body"), renderQueued: false };
-  chains.set(row.id, chain);
-  const prompt = prompts.get(row.replyTo);
-  if (prompt) {
-    prompt.versions.push(row.id);
-    const after = prompt.versions.length > 1 ? chains.get(prompt.versions.at(-2)).el : prompt.el;
-    after.after(el);
-  } else {
-    messagesEl.append(el);
-  }
-  renderChain(chain);
-  if (prompt) showVersion(prompt, row.selected ? row.id : prompt.versions.find((id) => rows.get(id).selected));
-}
-
-function joinChain(row) {
-  row.head = rows.get(row.continues).head;
-  chainOf(row).ids.push(row.id);
-  renderChain(chainOf(row));
-}
-
-function article(role, id) {
-  const el = document.createElement("article");
-  el.className = `message message-${role}`;
-  el.dataset.messageId = id;
-  el.dataset.role = role;
-  el.innerHTML = '<div class="message-body"></div><div class="message-actions"></div>';
-  return el;
-}
-
-function actionButton(label, onClick, className = "") {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = `button small ${className}`.trim();
-  button.textContent = label;
-  button.addEventListener("click", onClick);
-  return button;
-}
-
-const chainText = (chain) => chain.ids.map((id) => rows.get(id).text).join("");
-
-// rAF coalesces a burst of chunks into one render of this bubble only.
-function scheduleRender(chain) {
-  if (chain.renderQueued) return;
-  chain.renderQueued = true;
-  requestAnimationFrame(() => {
-    chain.renderQueued = false;
-    renderChain(chain);
-  });
-}
-
-function renderChain(chain) {
-  const last = lastRow(chain);
-  renderMarkdown(chain.body, chainText(chain), { final: !isActive(last) });
-  chain.el.dataset.status = last.status;
-  chain.el.dataset.lastId = last.id;
-  chain.el.setAttribute("aria-busy", String(isActive(last)));
-  chain.el.querySelectorAll(":scope > .marker").forEach((el) => el.remove());
-  if (last.marker) {
-    const markerEl = document.createElement("p");
-    markerEl.className = "marker";
-    markerEl.textContent = last.marker;
-    chain.body.after(markerEl);
-  }
-  chain.el.querySelector(".answer-model").textContent = [rows.get(chain.head).provider, rows.get(chain.head).model]
-    .filter(Boolean).join(" · ");
-  renderActions(chain);
-  scrollIfFollowing();
-  syncComposer();
-}
-
-function renderActions(chain) {
-  const actions = chain.el.querySelector(".message-actions");
-  actions.replaceChildren();
-  const last = lastRow(chain);
-  const prompt = prompts.get(rows.get(chain.head).replyTo);
-  if (prompt && prompt.versions.length > 1) actions.append(versionSwitcher(prompt, chain.head));
-  if (isActive(last)) return;
-  actions.append(copyButton("Copy", () => chainText(chain)));
-  if (prompt) {
-    const label = last.status === "error" ? "Retry" : "Regenerate";
-    actions.append(actionButton(label, () => requestAnswer("regenerate", last.id)));
-  }
-  if (STOPPED_STATUSES.has(last.status) && prompt) {
-    actions.append(actionButton("Continue", () => requestAnswer("continue", last.id)));
-  }
-  const usage = usageText(chain);
-  if (usage) {
-    const el = document.createElement("span");
-    el.className = "usage muted";
-    el.textContent = usage.text;
-    el.title = usage.title;
-    actions.append(el);
-  }
-}
-
-function usageText(chain) {
-  const counted = chain.ids.map((id) => rows.get(id).usage).filter(Boolean);
-  if (!counted.length) return null;
-  const sum = (key) => counted.reduce((total, usage) => total + (usage[key] ?? 0), 0);
-  const estimated = counted.some((usage) => usage.estimated);
-  return {
-    text: `${estimated ? "≈ " : ""}${sum("prompt_tokens")} + ${sum("completion_tokens")} tokens`,
-    title: estimated ? "Prompt + answer tokens, estimated (the model server gave no count)" : "Prompt + answer tokens",
-  };
-}
-
-function versionSwitcher(prompt, head) {
-  const index = prompt.versions.indexOf(head);
-  const nav = document.createElement("span");
-  nav.className = "versions";
-  const go = (step) => () => selectVersion(prompt, prompt.versions[index + step]);
-  const previous = actionButton("‹", go(-1));
-  previous.setAttribute("aria-label", "Previous version");
-  previous.disabled = index === 0;
-  const next = actionButton("›", go(1));
-  next.setAttribute("aria-label", "Next version");
-  next.disabled = index === prompt.versions.length - 1;
-  const label = document.createElement("span");
-  label.className = "version-label";
-  label.textContent = `${index + 1} / ${prompt.versions.length}`;
-  nav.append(previous, label, next);
-  return nav;
-}
-
-function showVersion(prompt, head = prompt.versions.at(-1)) {
-  for (const id of prompt.versions) {
-    rows.get(id).selected = id === head;
-    chains.get(id).el.hidden = id !== head;
-    renderActions(chains.get(id));
-  }
-  syncComposer();
-}
-
-function selectVersion(prompt, head) {
-  if (!send({ type: "select_version", message_id: head })) return;
-  showVersion(prompt, head);
-}
-
-function removeRows(ids) {
-  for (const id of ids) {
-    const row = rows.get(id);
-    if (!row) continue;
-    rows.delete(id);
-    prompts.get(id)?.el.remove();
-    prompts.delete(id);
-    chains.get(id)?.el.remove();
-    chains.delete(id);
-  }
-  for (const prompt of prompts.values()) prompt.versions = prompt.versions.filter((id) => chains.has(id));
-}
-
-function finish(row, status, content, marker, usage) {
-  row.status = status;
-  row.stopping = false;
-  row.text = content;
-  row.marker = marker;
-  row.usage = usage ?? null;
-  renderChain(chainOf(row));
 }
 
 // ---- the composer --------------------------------------------------------------------------
@@ -264,15 +50,6 @@ function syncComposer() {
     if (!button.closest(".versions")) button.disabled = Boolean(answer);
   });
 }
-
-function scrollIfFollowing() {
-  if (stickToBottom) messagesEl.scrollTop = messagesEl.scrollHeight;
-}
-
-messagesEl.addEventListener("scroll", () => {
-  const distance = messagesEl.scrollHeight - messagesEl.scrollTop - messagesEl.clientHeight;
-  stickToBottom = distance < BOTTOM_SLACK_PX;
-});
 
 function startEditing(row) {
   editing = row.id;
@@ -315,7 +92,11 @@ function showAlert(text) {
   alert.setAttribute("role", "alert");
   const textEl = document.createElement("span");
   textEl.textContent = text;
-  const close = actionButton("×", () => alert.remove(), "alert-dismiss");
+  const close = document.createElement("button");
+  close.type = "button";
+  close.className = "alert-dismiss";
+  close.textContent = "×";
+  close.addEventListener("click", () => alert.remove());
   close.setAttribute("aria-label", "Dismiss");
   alert.append(textEl, close);
   alertsEl.append(alert);
@@ -348,7 +129,7 @@ function request(frame) {
     return false;
   }
   pendingClientId = clientId;
-  stickToBottom = true;
+  followBottom();
   syncComposer();
   return true;
 }
@@ -451,8 +232,7 @@ const handlers = {
   },
 
   version_selected({ message_id: id, reply_to: replyTo }) {
-    const prompt = prompts.get(replyTo);
-    if (prompt && prompt.versions.includes(id)) showVersion(prompt, id);
+    versionSelected(replyTo, id);
   },
 
   error(frame) {
@@ -525,5 +305,11 @@ function loadHistory() {
   syncComposer();
 }
 
+Object.assign(actions, {
+  edit: startEditing,
+  again: requestAnswer,
+  selectVersion: (head) => send({ type: "select_version", message_id: head }),
+  changed: syncComposer,
+});
 loadHistory();
 connect();
