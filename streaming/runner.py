@@ -67,9 +67,11 @@ class Runner:
         stream, limits = self.stream, self.limits
         reader = None
         try:
+            # The upstream request goes out while the row's start waits for the database: the
+            # first chunk does not wait for a write (a row no longer pending cancels the request).
+            reader = asyncio.get_running_loop().create_task(self._read())
             if not await self.store.start(stream.message_id):
                 return None
-            reader = asyncio.get_running_loop().create_task(self._read())
             next_flush = time.monotonic() + limits.flush_interval
             while True:
                 now = time.monotonic()

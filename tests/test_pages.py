@@ -197,24 +197,30 @@ def test_it_offers_the_project_files_as_context_on_the_chat_page(alice_client, p
 
 
 def test_it_passes_the_history_with_the_cancelled_marker_to_the_chat_page(alice_client, project):
-    Message.objects.create(project=project, role="user", content="Tell me a story")
+    prompt = Message.objects.create(project=project, role="user", content="Tell me a story")
     answer = Message.objects.create(
-        project=project, role="assistant", status="cancelled", cancel_reason="user", content="Once upon"
+        project=project, role="assistant", status="cancelled", cancel_reason="user", content="Once upon",
+        reply_to=prompt, provider="openai", model="gpt-x", prompt_tokens=12, completion_tokens=3,
+        tokens_estimated=True,
     )
+    Message.objects.create(project=project, role="user", content="an edited-away prompt", superseded_at=answer.created_at)
 
     history = history_of(alice_client.get(reverse("project-chat", args=[project.pk])))
 
-    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert [m["role"] for m in history] == ["user", "assistant"]  # not what an edit replaced
     assert history[1] == {
         "id": answer.pk,
         "role": "assistant",
         "status": "cancelled",
         "content": "Once upon",
         "display_content": "Once upon\n\n*[Response cancelled by user]*",
-        "cancel_reason": "user",
-        "error_type": "",
-        "error_detail": "",
-        "chunk_count": 0,
+        "created_at": answer.created_at.isoformat(),
+        "reply_to": prompt.pk,
+        "continues": None,
+        "selected": True,
+        "provider": "openai",
+        "model": "gpt-x",
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "estimated": True},
     }
 
 
