@@ -1,12 +1,11 @@
 """The chat socket: `/ws/projects/<project_id>/chat/` (docs/protocol.md).
 
 Thin: frames in (chat/protocol.py), calls to the answer lifecycle (chat/answers.py),
-events out through one outbox, in order. Answers run as tasks of the process registry,
+events out through one outbox, in order (chat/outbox.py). Answers run as tasks of the process registry,
 so a `cancel` frame is handled while chunks flow; answers of other processes are
 followed by chat/following.py.
 """
 
-import asyncio
 import collections
 import hashlib
 import logging
@@ -21,13 +20,13 @@ from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 from django.http import Http404
 
-from streaming import metrics
 from streaming.registry import registry
 from streaming.relay import Frame
 
 from . import answers, protocol, selectors, services
 from .errors import SessionEnded, StopPending, StreamUnavailable
 from .following import Following, follow_here
+from .outbox import Outbox
 from .models import Message
 
 log = logging.getLogger("chat.consumers")
@@ -62,8 +61,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.session_key = None
         self.project = None  # set once the socket is accepted for a project of its user
         self.watching: set[int] = set()  # answers whose terminal event this socket still awaits
-        self.outbox: asyncio.Queue[tuple[str, dict | None]] = asyncio.Queue()  # (text, a stop's timeline)
-        self.sender: asyncio.Task | None = None
+        self.outbox = Outbox(lambda text: self.send(text_data=text))
         self.following = Following(self)
         self.frame_read_at = 0.0  # monotonic time the frame being handled was read
 
@@ -86,7 +84,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.open_per_user[user.pk] += 1
         self.user = user
         self.session_key = self.scope["session"].session_key
-        self.sender = asyncio.get_running_loop().create_task(self._send_outbox())
         try:
             await self.channel_layer.group_add(session_group(self.session_key), self.channel_name)
         except Exception as error:  # then a logout closes it at its next send
@@ -117,25 +114,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._stop_tasks()
 
     async def _stop_tasks(self) -> None:
-        if self.sender is not None:
-            self.sender.cancel()
-            await asyncio.gather(self.sender, return_exceptions=True)
+        await self.outbox.close()
 
     # The engine's watcher interface: queue a frame, never block.
     def deliver(self, frame: Frame) -> None:
         if frame.final:
             self.watching.discard(frame.message_id)
-        self.outbox.put_nowait((frame.text, frame.timeline))
+        self.outbox.put(frame.text, frame.timeline)
 
     def push(self, event: dict) -> None:
-        self.outbox.put_nowait((protocol.dump(event), None))
-
-    async def _send_outbox(self):
-        while True:
-            text, timeline = await self.outbox.get()
-            await self.send(text_data=text)
-            if timeline is not None:
-                metrics.stop_reached(timeline, "event_written")
+        self.outbox.put(protocol.dump(event))
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.project is None:
@@ -200,7 +188,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 self.watching.add(message_id)
             return
         if not was_watching:  # watchers got it from the stream itself
-            self.outbox.put_nowait((protocol.ENCODER.final(stopped.event), None))
+            self.outbox.put(protocol.ENCODER.final(stopped.event))
 
     async def on_resume(self, frame):
         message_id = frame["message_id"]

@@ -5,7 +5,6 @@ import time
 import pytest
 from channels.db import database_sync_to_async
 
-from chat.models import Message
 from tests.helpers import BUDGET, assert_contiguous, chunks_text, receive_until, row, send_prompt, wait_for
 from tests.upstream import chat_reply, endless_reply, stall_reply
 

@@ -76,7 +76,7 @@ async def test_regenerate_makes_a_version_and_select_version_brings_the_first_ba
     assert created["assistant_message"]["selected"] is True and created["assistant_message"]["continues"] is None
     assert (await request_number(llm, 2)).json["messages"][-1] == {"role": "user", "content": "Question"}
     assert (await receive_until(ws, "stream_complete"))[-1]["content"] == "Second answer"
-    assert not (await row(first_id)).selected
+    assert not (await row(first_id)).selected and (await row(second_id)).selected
 
     await ws.send_json_to({"type": "select_version", "message_id": first_id})
     selected = await ws.receive_json_from(timeout=5)

@@ -28,7 +28,6 @@ import time
 
 import httpx
 import psycopg
-import pytest
 
 from tests.faults.conftest import needs_postgres_and_redis
 from tests.helpers import BUDGET, wait_for
