@@ -46,8 +46,10 @@ class MessageStore:
     async def _flush_many(self, flushes):
         return await writer.run(services.message_flush_many, flushes=flushes)
 
-    async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int) -> Ending:
-        ending, _ = await finalize(message_id=message_id, outcome=outcome, content=content, chunk_count=chunk_count)
+    async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int,
+                       on_final=None) -> Ending:
+        ending, _ = await finalize(message_id=message_id, outcome=outcome, content=content, chunk_count=chunk_count,
+                                   on_final=on_final)
         return ending
 
 
@@ -194,15 +196,22 @@ async def _wait_until_final(message_id: int, timeout: float, announced: asyncio.
 # -- finalize and announce -------------------------------------------------------------------------
 
 async def finalize(*, message_id: int, outcome: Outcome | None, content: str | None = None,
-                   chunk_count: int | None = None) -> tuple[Ending, bool]:
+                   chunk_count: int | None = None, on_final=None) -> tuple[Ending, bool]:
     """The one terminal write (services.message_finalize, on the streams' lane), then the
-    row's terminal event published to whoever waits on the message, in any process. The
-    row's Ending, and whether this call finalized it."""
-    row, won = await writer.run(services.message_finalize, urgent=True, message_id=message_id, outcome=outcome,
-                                content=content, chunk_count=chunk_count)
-    ending = protocol.ending(row)
-    bus.announce(ending.event)
-    return ending, won
+    row's terminal event published to whoever waits on the message, in any process, and
+    handed to `on_final(ending)` (the stream's watchers): both as soon as the write returns.
+    The row's Ending, and whether this call finalized it."""
+    endings = []
+
+    def announce(result) -> None:
+        endings.append(protocol.ending(result[0]))
+        bus.announce(endings[0].event)
+        if on_final is not None:
+            on_final(endings[0])
+
+    _, won = await writer.run(services.message_finalize, urgent=True, then=announce, message_id=message_id,
+                              outcome=outcome, content=content, chunk_count=chunk_count)
+    return endings[0], won
 
 
 @bus.handles("stream.stop")

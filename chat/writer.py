@@ -9,15 +9,15 @@ after a database error, so the next call reconnects (the database may have resta
 
 Calls are served by urgency, then in order: a stop request or a finalize (`urgent`)
 goes ahead of the flushes and starts already queued, so a stop never waits for a
-burst of other streams' writes.
+burst of other streams' writes. And what must follow a write at once (a stop's terminal
+event) can run in the very callback that hands the result back to the loop (`then`),
+one loop turn before the awaiting coroutine resumes.
 """
 
 import asyncio
 import itertools
 import queue
 import threading
-from concurrent.futures import Future
-
 from django.db import Error, connection, connections
 
 URGENT, NORMAL = 0, 1
@@ -30,34 +30,50 @@ class Lane:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, function, kwargs: dict, urgent: bool) -> Future:
-        future: Future = Future()
-        self._queue.put((URGENT if urgent else NORMAL, next(self._order), function, kwargs, future))
+    def submit(self, function, kwargs: dict, urgent: bool, done) -> None:
+        """Run `function(**kwargs)` on the lane; `done(result, error)` is called on its thread."""
+        self._queue.put((URGENT if urgent else NORMAL, next(self._order), function, kwargs, done))
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name="stream-db", daemon=True)
                 self._thread.start()
-        return future
 
     def _serve(self) -> None:
         while True:
-            _, _, function, kwargs, future = self._queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue
+            _, _, function, kwargs, done = self._queue.get()
             try:
-                future.set_result(function(**kwargs))
+                result = function(**kwargs)
             except BaseException as error:
                 if isinstance(error, Error):
                     connection.close()
-                future.set_exception(error)
+                done(None, error)
+            else:
+                done(result, None)
 
 
 _lane = Lane()
 
 
-async def run(function, /, *, urgent: bool = False, **kwargs):
-    """`function(**kwargs)` on the lane's thread; `urgent` for what a stop waits on."""
-    return await asyncio.wrap_future(_lane.submit(function, kwargs, urgent))
+async def run(function, /, *, urgent: bool = False, then=None, **kwargs):
+    """`function(**kwargs)` on the lane's thread; `urgent` for what a stop waits on; `then(result)`
+    runs on the loop as soon as the result is back, before this coroutine resumes."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def hand_back(result, error) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+            return
+        try:
+            if then is not None:
+                then(result)
+        finally:
+            future.set_result(result)
+
+    _lane.submit(function, kwargs, urgent, lambda result, error: loop.call_soon_threadsafe(hand_back, result, error))
+    return await future
 
 
 async def close() -> None:

@@ -41,8 +41,10 @@ class Store(Protocol):
     async def flush(self, message_id: int, text: str, chunk_count: int) -> str | None:
         """Append `text`, refresh the heartbeat; a stop reason when one is stored (or the row is final)."""
 
-    async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int) -> Ending:
-        """Write the terminal state once (conditional UPDATE); the row's Ending as it ends up."""
+    async def finalize(self, message_id: int, outcome: Outcome | None, content: str, chunk_count: int,
+                       on_final=None) -> Ending:
+        """Write the terminal state once (conditional UPDATE); the row's Ending as it ends up,
+        also handed to `on_final(ending)` the moment it is known."""
 
 
 class Runner:
@@ -152,7 +154,8 @@ class Runner:
             outcome = self._with_usage(outcome, content)
         for attempt in range(FINALIZE_ATTEMPTS):
             try:
-                ending = await self.store.finalize(stream.message_id, outcome, content, stream.chunk_count)
+                ending = await self.store.finalize(stream.message_id, outcome, content, stream.chunk_count,
+                                                   on_final=self._tell_watchers)
                 break
             except Exception:
                 log.warning("stream %s: finalize failed (attempt %d)", stream.message_id, attempt + 1, exc_info=True)
@@ -161,10 +164,13 @@ class Runner:
             log.error("stream %s: could not be finalized; the sweeper will", stream.message_id)
             stream.ending.cancel()
             return
-        metrics.stop_reached(stream.stop_timeline, "row_final")
-        stream.relay.finish(ending.event, stream.stop_timeline or None)
         stream.ending.set_result(ending)
         self._record(ending, len(content), outcome.usage if outcome is not None else None)
+
+    def _tell_watchers(self, ending: Ending) -> None:
+        """The row is final: its terminal event goes to the watchers now, not a loop turn later."""
+        metrics.stop_reached(self.stream.stop_timeline, "row_final")
+        self.stream.relay.finish(ending.event, self.stream.stop_timeline or None)
 
     def _with_usage(self, outcome: Outcome, content: str) -> Outcome:
         """The model server's counts where it gave them; an estimate where it did not (an
