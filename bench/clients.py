@@ -15,8 +15,9 @@ def ws_header_bytes(size: int) -> int:
     return 2 if size < 126 else 4 if size < 65536 else 10
 
 
-def prompt(tag: str, chunks: int, rate: float) -> str:
-    return f"bench tag={tag} chunks={chunks} rate={rate:g}"
+def prompt(tag: str, chunks: int, rate: float, clock: str = "aligned") -> str:
+    """A prompt the fake upstream reads its workload from (bench/upstream.py)."""
+    return f"bench tag={tag} chunks={chunks} rate={rate:g} clock={clock}"
 
 
 class Refused(Exception):
@@ -86,8 +87,9 @@ class Stream:
 class Client:
     """One signed-in socket; frames are dispatched to the streams it started."""
 
-    def __init__(self, ws, window: Window, keep_text: bool = False):
+    def __init__(self, ws, window: Window, keep_text: bool = False, clock: str = "aligned"):
         self.ws = ws
+        self.clock = clock  # of the upstream's replies to this client's prompts
         self.window = window
         self.keep_text = keep_text
         self.by_id: dict[int, Stream] = {}
@@ -166,7 +168,7 @@ class Client:
         if self.keep_text:
             stream.deltas = []
         self.unclaimed.append(stream)
-        await self.ws.send(json.dumps({"type": "send", "content": prompt(tag, chunks, rate)}))
+        await self.ws.send(json.dumps({"type": "send", "content": prompt(tag, chunks, rate, self.clock)}))
         created = await asyncio.wait_for(self.created.get(), 120)
         if created is None:
             raise Refused(self.errors[-1]["code"])
@@ -198,7 +200,7 @@ async def open_clients(job: dict, window: Window, keep_text: bool = False) -> li
                 additional_headers={"Origin": f"http://{server}", "Cookie": f"sessionid={user['session']}"},
                 compression=None, max_size=None, ping_interval=None, open_timeout=60, close_timeout=5,
             )
-        return Client(ws, window, keep_text)
+        return Client(ws, window, keep_text, job.get("clock", "aligned"))
 
     return await asyncio.gather(*(open_one(i) for i in range(job["clients"])))
 

@@ -147,13 +147,15 @@ class Database:
 
 
 class Server:
-    """One daphne process serving `app` with `env`."""
+    """One server process (daphne, or uvicorn through chatproj/serve.py) serving `app` with `env`."""
 
-    def __init__(self, env: dict, app: str, log_path: Path):
+    def __init__(self, env: dict, app: str, log_path: Path, kind: str = "daphne"):
+        self.kind = kind
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log = open(log_path, "a")
-        self.process = start_server(app, self.port, env, SERVER_ROOT, self.log, timeout=30, preexec_fn=die_with_parent)
+        self.process = start_server(app, self.port, env, SERVER_ROOT, self.log, timeout=30, kind=kind,
+                                    preexec_fn=die_with_parent)
         self.ps = psutil.Process(self.process.pid)
 
     @property

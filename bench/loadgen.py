@@ -99,7 +99,8 @@ async def direct_job(job: dict, go_wait) -> dict:
         async def run(i: int) -> None:
             await sleep_until(go + job["ramp"] * i / n)
             body = {"model": "bench", "stream": True,
-                    "messages": [{"role": "user", "content": prompt(f"{job['name']}-{i}", 0, rate)}]}
+                    "messages": [{"role": "user",
+                                  "content": prompt(f"{job['name']}-{i}", 0, rate, job.get("clock", "aligned"))}]}
             sent_at = time.monotonic()
             first = None
             async with client.stream("POST", job["upstream"] + "/chat/completions", json=body) as response:

@@ -1,9 +1,14 @@
-"""`python -m bench [--smoke] [--backend sqlite|pg]`: every phase of the benchmark, in one run.
+"""`python -m bench`: the benchmark, every phase in one run, or one question at a time:
+`python -m bench --only PHASE[,PHASE] --levels N[,N] --upstream aligned|spread
+[--server daphne|uvicorn] --out PATH`.
 
 Phases (each against the baselines measured in the same run):
   direct     the load generator reads the upstream itself (throughput and TTFC baseline)
-  levels     the real server at each concurrency: steady window, then cancels at random points
-  profile    py-spy on the server under the 200-stream load (full run only)
+  levels     the real server at each concurrency: steady window, then cancels at random points;
+             with each level, the server's own timing of every stop's stages and its loop lag
+  spread     the levels measurement at compare_at streams with the upstream's chunk clocks spread
+  servers    at compare_at streams, aligned and spread, under the other ASGI server
+  profile    py-spy on the server under the compare_at load (full run only)
   lengths    one answer of 1k / 10k / 100k chunks: DB writes and wire bytes
   storm      sends and cancels in quick succession; events checked against rows
   leak       10,000 short streams, half cancelled; RSS, registry, upstream and tasks after
@@ -55,9 +60,16 @@ def log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+PHASES = ("direct", "levels", "spread", "servers", "profile", "lengths", "storm", "leak", "frame0", "seed")
+SMOKE_PHASES = ("direct", "levels", "lengths", "storm", "leak", "frame0", "seed")
+SERVER_APP = "chatproj.asgi:application"
+
+
 class Bench:
-    def __init__(self, config: dict, backend: str, workdir: Path, stem: str):
+    def __init__(self, config: dict, backend: str, workdir: Path, stem: str, server: str = "daphne",
+                 clock: str = "aligned"):
         self.config, self.backend, self.workdir, self.stem = config, backend, workdir, stem
+        self.server, self.clock = server, clock  # the ASGI server and the upstream's chunk clock measured
         self.workers = 2 if backend == "pg" else 1
         self.prefix = f"stopchat-bench-{secrets.token_hex(4)}" if backend == "pg" else None
         self.results: dict = {}
@@ -73,11 +85,18 @@ class Bench:
         prepared = self.db.prepare(env, self.config["users"], PROJECTS_PER_USER)
         self.users, self.staff = prepared["users"], prepared["staff_session"]
 
-    def serve(self, app: str = "chatproj.asgi:application", **env) -> list[Server]:
+    def serve(self, app: str = SERVER_APP, server: str | None = None, **env) -> list[Server]:
+        """Servers of `app` (under the run's ASGI server, or `server`; the seed baseline is daphne's)."""
         self.stop_servers()
+        kind = (server or self.server) if app == SERVER_APP else "daphne"
         environment = server_env(self.db, self.upstream, self.prefix, **env)
-        self.servers = [Server(environment, app, self.workdir / f"daphne-{i}.log") for i in range(self.workers)]
+        self.servers = [Server(environment, app, self.workdir / f"{kind}-{i}.log", kind) for i in range(self.workers)]
         return self.servers
+
+    def serving(self) -> None:
+        """The real server, unless a phase before left it running."""
+        if not self.servers:
+            self.serve()
 
     def stop_servers(self) -> None:
         for server in self.servers:
@@ -99,20 +118,33 @@ class Bench:
             raise RuntimeError("more jobs than projects per user: raise PROJECTS_PER_USER")
         return {"kind": kind, "name": name, "clients": clients, "users": self.users, "slot": slot,
                 "servers": [s.address for s in self.servers], "upstream": self.upstream.base_url,
-                "rate": self.config["rate"], **fields}
+                "rate": self.config["rate"], "clock": self.clock, **fields}
 
-    def steady(self, kind: str, name: str, streams: int, cancel_phase: float = 0.0) -> dict:
+    def steady(self, kind: str, name: str, streams: int, cancel_phase: float = 0.0, **fields) -> dict:
         c = self.config
         gap = c["cancel_gap"].get(streams, c["cancel_gap"]["default"])
         return self.job(kind, name, streams, ramp=min(2.0, streams / 200), warmup=c["warmup"], window=c["window"],
-                        cancel_phase=cancel_phase, cancel_gap=gap, max_start=c["max_start"])
+                        cancel_phase=cancel_phase, cancel_gap=gap, max_start=c["max_start"], **fields)
 
-    async def measure(self, kind: str, name: str, streams: int, cancel_phase: float = 0.0, during=None) -> dict:
+    async def measure(self, kind: str, name: str, streams: int, cancel_phase: float = 0.0, during=None,
+                      **fields) -> dict:
+        """One steady window (and cancel phase) at `streams`; with the real server, also the
+        stages of the stops it timed and how late its loop's timer fired, over this run only."""
         self.upstream.reset()
-        job = self.steady(kind, name, streams, cancel_phase)
+        probes = kind == "streams"
+        if probes:
+            self.probe(reset=True)
+        job = self.steady(kind, name, streams, cancel_phase, **fields)
         run = await run_job(job, servers=self.servers, upstream=self.upstream, sample=True, during=during)
         closed = self.upstream.stats(closed=True)["closed"]
-        return report.level(run, streams, self.workers, closed, TOKEN)
+        level = report.level(run, streams, self.workers, closed, TOKEN)
+        if probes:
+            level.update(report.server_timings(self.probe(reset=True)))
+        return level
+
+    def probe(self, reset: bool = False) -> list[dict]:
+        path = "/bench/probe" + ("?reset=1" if reset else "")
+        return [server.get(path, self.staff) for server in self.servers]
 
     async def wait_idle(self, timeout: float = 30.0) -> dict:
         """Until no server has a stream and the upstream has no reply in flight."""
@@ -136,13 +168,32 @@ class Bench:
         self.serve()
         self.results["levels"] = {}
         for streams in self.config["levels"]:
-            log(f"levels: {streams} streams through the server")
+            log(f"levels: {streams} streams through {self.server} ({self.clock} upstream)")
             result = await self.measure("streams", f"lvl{streams}", streams, self.config["cancel_phase"])
             result["db"] = report.db_writes(self.db, result.pop("finished"), self.config_flush())
             self.results["levels"][streams] = result
             await self.wait_idle()
-            if streams == self.config["compare_at"] and self.config["profile"]:
-                await self.phase_profile(streams)
+
+    async def compare_level(self, name: str, clock: str) -> dict:
+        streams = self.config["compare_at"]
+        result = await self.measure("streams", name, streams, self.config["cancel_phase"], clock=clock)
+        result.pop("finished")
+        await self.wait_idle()
+        return result
+
+    async def phase_spread(self) -> None:
+        streams = self.config["compare_at"]
+        log(f"spread: {streams} streams through {self.server}, the upstream's chunk clocks spread")
+        self.serving()
+        self.results["spread"] = {streams: await self.compare_level(f"spread{streams}", "spread")}
+
+    async def phase_servers(self) -> None:
+        other = "uvicorn" if self.server == "daphne" else "daphne"
+        log(f"servers: {self.config['compare_at']} streams under {other}, aligned and spread")
+        self.serve(server=other)
+        self.results["servers"] = {other: {clock: await self.compare_level(f"{other}-{clock}", clock)
+                                           for clock in ("aligned", "spread")}}
+        self.serve()
 
     async def spy(self, delay: float, seconds: float, raw: Path, svg: Path | None = None) -> None:
         """py-spy on the (first) server: collapsed stacks to `raw`, a flame graph to `svg`."""
@@ -157,7 +208,11 @@ class Bench:
         for proc in procs:
             await proc.wait()
 
-    async def phase_profile(self, streams: int) -> None:
+    async def phase_profile(self) -> None:
+        streams = self.config["compare_at"]
+        if not self.config["profile"]:
+            return
+        self.serving()
         log(f"profile: py-spy on the server under {streams} steady streams")
         seconds = self.config["profile"]
         raw = self.workdir / "profile.txt"
@@ -184,11 +239,13 @@ class Bench:
         return report.lengths(run.result["lengths"], self.db, self.config_flush())
 
     async def phase_lengths(self) -> None:
+        self.serving()
         log(f"lengths: answers of {self.config['lengths']} chunks")
         self.results["lengths"] = await self.lengths(self.config["lengths"])
 
     async def phase_storm(self) -> None:
         storm = self.config["storm"]
+        self.serving()
         log(f"storm: {storm['clients']} clients x {storm['sends']} sends and cancels")
         job = self.job("storm", "storm", storm["clients"], sends=storm["sends"], cancel_within=0.3,
                        users=self.users[-storm["clients"]:])
@@ -198,6 +255,7 @@ class Bench:
 
     async def phase_leak(self) -> None:
         leak = self.config["leak"]
+        self.serving()
         log(f"leak: warm-up {leak['warm']} streams, then {leak['total']} streams, half cancelled")
         common = {"chunks": leak["chunks"], "rate": leak["rate"]}
         await run_job(self.job("churn", "warm", leak["clients"], total=leak["warm"], **common),
@@ -243,19 +301,19 @@ class Bench:
         result["lengths"] = await self.lengths(self.config["seed_lengths"])
         self.results["seed"] = result
 
-    async def run(self, smoke: bool) -> dict:
+    async def run(self, smoke: bool, phases: tuple[str, ...]) -> dict:
         started = time.monotonic()
         log(f"start: upstream, {self.backend} database, {self.config['users']} users")
         self.start()
         try:
-            for phase in (self.phase_direct, self.phase_levels, self.phase_lengths, self.phase_storm,
-                          self.phase_leak, self.phase_frame0, self.phase_seed):
-                await phase()
+            for name in phases:
+                await getattr(self, f"phase_{name}")()
                 # What is measured so far, should a later phase fail.
                 (self.workdir / "partial.json").write_text(json.dumps(self.results, default=str))
         finally:
             self.close()
         self.results["meta"] = meta(self.backend, self.workers, smoke, self.config, time.monotonic() - started)
+        self.results["meta"].update(server=self.server, upstream_clock=self.clock, phases=list(phases))
         return self.results
 
 
@@ -305,15 +363,33 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a short run (under a minute) that asserts loose goals")
     parser.add_argument("--backend", choices=["sqlite", "pg"], default="sqlite")
+    parser.add_argument("--only", type=lambda v: v.split(","), metavar="PHASE[,PHASE]",
+                        help=f"run only these phases, of: {', '.join(PHASES)}")
+    parser.add_argument("--levels", type=lambda v: [int(n) for n in v.split(",")], metavar="N[,N]",
+                        help="the concurrency levels (and the direct baseline's)")
+    parser.add_argument("--compare-at", type=int, metavar="N",
+                        help="the level the baselines, spread, servers and profile phases use (200)")
+    parser.add_argument("--upstream", choices=["aligned", "spread"], default="aligned",
+                        help="when the upstream's chunks fall: on one shared grid, or each on its own clock")
+    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne", help="the ASGI server measured")
+    parser.add_argument("--out", type=Path, metavar="PATH", help="write the JSON here (and the markdown beside it)")
     parser.add_argument("--leak-streams", type=int, help="streams of the leak phase (10,000 in the full run)")
     parser.add_argument("--server-tree", metavar="REF",
                         help="run the servers from a snapshot of this commit instead of the work tree")
     args = parser.parse_args()
+    phases = tuple(args.only) if args.only else (SMOKE_PHASES if args.smoke else PHASES)
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}; the phases are {', '.join(PHASES)}")
     config = json.loads(json.dumps(SMOKE if args.smoke else FULL))
     if args.leak_streams:
         config["leak"]["total"] = args.leak_streams
     if args.backend == "pg":
         config["levels"] = sorted(set(config["levels"]) | ({400} if not args.smoke else set()))
+    if args.levels:
+        config["levels"] = config["direct_levels"] = args.levels
+    if args.compare_at:
+        config["compare_at"] = args.compare_at
     config["cancel_gap"] = {int(k) if k != "default" else k: v for k, v in config["cancel_gap"].items()}
     RESULTS.mkdir(exist_ok=True)
     stem = ("smoke" if args.smoke else "latest") + ("-pg" if args.backend == "pg" else "")
@@ -322,10 +398,12 @@ def main() -> None:
         SERVER_TREE[0] = subprocess.run(["git", "rev-parse", args.server_tree], cwd=cluster.ROOT, check=True,
                                         capture_output=True, text=True).stdout.strip()
         cluster.snapshot(SERVER_TREE[0], workdir / "server")
-    results = asyncio.run(Bench(config, args.backend, workdir, stem).run(args.smoke))
+    bench = Bench(config, args.backend, workdir, stem, server=args.server, clock=args.upstream)
+    results = asyncio.run(bench.run(args.smoke, phases))
     goals = report.goals(results, smoke=args.smoke)
     results["goals"] = goals
-    render.write(results, RESULTS, stem, plot=not args.smoke)  # the smoke run asserts; it draws nothing
+    folder, stem = (args.out.parent, args.out.stem) if args.out else (RESULTS, stem)
+    render.write(results, folder, stem, plot=not args.smoke and not args.only)  # the smoke run asserts; no plot
     failed = [g for g in goals if g["met"] is False]
     if args.smoke:
         for goal in goals:
@@ -333,8 +411,9 @@ def main() -> None:
         print(f"bench-smoke: {len(goals) - len(failed)} passed, {len(failed)} failed")
         sys.exit(1 if failed else 0)
     for goal in goals:
-        log(f"{'met    ' if goal['met'] else 'NOT MET'} {goal['name']}: {goal['measured']} (goal {goal['goal']})")
-    log(f"wrote {RESULTS / (stem + '.json')}, {stem}.md and the plot")
+        state = {True: "met    ", False: "NOT MET", None: "not measured"}[goal["met"]]
+        log(f"{state} {goal['name']}: {goal['measured']} (goal {goal['goal']})")
+    log(f"wrote {folder / (stem + '.json')} and {stem}.md")
 
 
 if __name__ == "__main__":

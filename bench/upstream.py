@@ -6,8 +6,12 @@ One asyncio Protocol per connection and one scheduler for every reply, so a
 chunk costs a heap operation and a socket write, not a task wake-up: the
 upstream must not be what limits the server under test (its own CPU is
 measured and reported). Each request's workload is read from its last user
-message (`tag=... chunks=N rate=R`), so clients configure their own streams:
-`chunks=0` streams until the client hangs up; `rate` is chunks per second.
+message (`tag=... chunks=N rate=R clock=C`), so clients configure their own streams:
+`chunks=0` streams until the client hangs up; `rate` is chunks per second; `clock`
+is when the chunks after the first (which comes at once) fall: `aligned` on one grid
+shared by every reply (all streams at a rate get their chunk in the same instant: the
+worst case for the server's event loop), `spread` each on a clock of its own with a
+random phase (seeded by the tag, so runs repeat).
 
 Every content chunk carries TOKEN, so a client counts chunks by text length.
 The time a client hangs up before its reply ended is recorded by tag:
@@ -20,7 +24,9 @@ process of the machine.
 import asyncio
 import heapq
 import json
+import math
 import os
+import random
 import re
 import sys
 import time
@@ -57,17 +63,26 @@ def workload(body: bytes) -> dict:
     except (ValueError, AttributeError):
         text = ""
     params = dict(PARAM.findall(text))
-    return {"tag": params.get("tag", ""), "chunks": int(params.get("chunks", 20)), "rate": float(params.get("rate", 25))}
+    return {"tag": params.get("tag", ""), "chunks": int(params.get("chunks", 20)), "rate": float(params.get("rate", 25)),
+            "clock": params.get("clock", "aligned")}
+
+
+def second_due(now: float, interval: float, clock: str, tag: str) -> float:
+    """When a reply's second content chunk falls, which sets its clock (the module's docstring)."""
+    if clock == "spread":
+        return now + random.Random(tag).uniform(0, interval)
+    return (math.floor(now / interval) + 1) * interval
 
 
 class Reply:
-    __slots__ = ("conn", "tag", "left", "interval", "due", "sent", "done")
+    __slots__ = ("conn", "tag", "left", "interval", "clock", "due", "sent", "done")
 
-    def __init__(self, conn, tag, chunks, rate, now):
+    def __init__(self, conn, tag, chunks, rate, clock, now):
         self.conn, self.tag = conn, tag
         self.left = chunks if chunks > 0 else -1  # -1: endless
         self.interval = 1.0 / max(rate, 0.001)
-        self.due = now  # first content chunk at once
+        self.clock = clock
+        self.due = now  # the first content chunk at once
         self.sent = 0
         self.done = False
 
@@ -87,7 +102,7 @@ class Upstream:
 
     def start_reply(self, conn, body: bytes) -> Reply:
         params = workload(body)
-        reply = Reply(conn, params["tag"], params["chunks"], params["rate"], time.monotonic())
+        reply = Reply(conn, params["tag"], params["chunks"], params["rate"], params["clock"], time.monotonic())
         self.requests += 1
         self.active += 1
         conn.transport.write(HEAD)
@@ -131,7 +146,10 @@ class Upstream:
                     reply.conn.serve_buffered()
                     continue
                 reply.conn.transport.write(data)
-                reply.due += count * reply.interval
+                if reply.sent == count:  # the first: the next falls on the reply's clock
+                    reply.due = second_due(now, reply.interval, reply.clock, reply.tag)
+                else:
+                    reply.due += count * reply.interval
                 self.push(reply)
             self.wake.clear()
             if heap:
