@@ -79,7 +79,7 @@ class NaiveConsumer(AsyncJsonWebsocketConsumer):
     async def produce(self, message_id: int, provider, prompt) -> None:
         group = self.group
         content, count, outcome = "", 0, Outcome("complete")
-        await database_sync_to_async(services.message_start)(message_id=message_id)
+        await database_sync_to_async(services.message_start_many)(message_ids=[message_id])
         try:
             async with contextlib.aclosing(provider.stream(prompt)) as deltas:
                 async for delta in deltas:

@@ -35,10 +35,14 @@ class MessageStore:
     interval): those queued meanwhile are written together in one transaction."""
 
     def __init__(self):
+        self._starts = Batcher(self._start_many)
         self._flushes = Batcher(self._flush_many)
 
     async def start(self, message_id: int) -> bool:
-        return await writer.run(services.message_start, message_id=message_id)
+        return await self._starts.submit(message_id)
+
+    async def _start_many(self, message_ids):
+        return await writer.run(services.message_start_many, message_ids=message_ids)
 
     async def flush(self, message_id: int, text: str, chunk_count: int) -> str | None:
         return await self._flushes.submit((message_id, text, chunk_count))
@@ -78,10 +82,12 @@ async def start(*, user, project: Project, watcher: Watcher, client_id=None, ses
     who = {"user": user, "project": project, "provider": provider.name, "model": provider.model,
            "session_key": session_key}
     if again_of is not None:
-        prompt = await writer.run(services.answer_again, message_id=again_of, continuing=continuing, **who)
+        prompt = await writer.run(services.answer_again, priority=writer.PROMPTS, message_id=again_of,
+                                  continuing=continuing, **who)
     else:
-        prompt = await writer.run(services.chat_prompt_create, content=content, include_context=include_context,
-                                  context_files=list(context_files), edit_of=edit_of, **who)
+        prompt = await writer.run(services.chat_prompt_create, priority=writer.PROMPTS, content=content,
+                                  include_context=include_context, context_files=list(context_files),
+                                  edit_of=edit_of, **who)
     for message_id in prompt.evict:
         await stop_if_running(message_id=message_id, reason=Message.CancelReason.LIMIT)
     answer = prompt.answer
@@ -163,8 +169,8 @@ def _stopped(event: dict, finalized_here: bool) -> Stopped:
 async def _stop_elsewhere(*, message_id: int, reason: str, wait: float, force: bool) -> Stopped:
     # Listening before the request is stored: its producer may see it at its next flush.
     async with bus.final_announced(message_id) as announced:
-        message, owner_alive = await writer.run(services.message_request_stop, urgent=True, message_id=message_id,
-                                                reason=reason)
+        message, owner_alive = await writer.run(services.message_request_stop, priority=writer.STOPS,
+                                                message_id=message_id, reason=reason)
         if owner_alive and message.worker != WORKER_ID:
             await bus.request(message.worker, {"type": "stream.stop", "message_id": message_id, "reason": reason})
             event = await _wait_until_final(message_id, wait, announced)
@@ -209,7 +215,7 @@ async def finalize(*, message_id: int, outcome: Outcome | None, content: str | N
         if on_final is not None:
             on_final(endings[0])
 
-    _, won = await writer.run(services.message_finalize, urgent=True, then=announce, message_id=message_id,
+    _, won = await writer.run(services.message_finalize, priority=writer.STOPS, then=announce, message_id=message_id,
                               outcome=outcome, content=content, chunk_count=chunk_count)
     return endings[0], won
 

@@ -206,13 +206,19 @@ def _context_files(*, project, include_context, names):
 
 # -- the stream's writes (on the lane of chat/writer.py) ----------------------------------------------
 
-def message_start(*, message_id: int) -> bool:
-    now = timezone.now()
-    return bool(
-        Message.objects.filter(pk=message_id, status=Message.Status.PENDING).update(
-            status=Message.Status.STREAMING, started_at=now, last_chunk_at=now, worker=WORKER_ID
-        )
-    )
+def message_start_many(*, message_ids: list[int]) -> list[bool]:
+    """pending -> streaming for each stream starting (batched as the flushes are); for each,
+    whether it started (False: the row is no longer pending). One statement; RETURNING
+    (PostgreSQL, SQLite >= 3.35) names the rows this call moved."""
+    ops = connection.ops
+    marks = ", ".join(["%s"] * len(message_ids))
+    start = (f"UPDATE {ops.quote_name(Message._meta.db_table)} SET status = %s, started_at = %s,"
+             f" last_chunk_at = %s, worker = %s WHERE id IN ({marks}) AND status = %s RETURNING id")
+    now = ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(start, [Message.Status.STREAMING, now, now, WORKER_ID, *message_ids, Message.Status.PENDING])
+        started = {row[0] for row in cursor.fetchall()}
+    return [message_id in started for message_id in message_ids]
 
 
 def message_flush_many(*, flushes: list[tuple[int, str, int]]) -> list[str | None]:

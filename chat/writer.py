@@ -7,9 +7,10 @@ also serves page reads; under load those calls queued behind each other and a st
 waited seconds for its turn. This thread opens its connection once and drops it
 after a database error, so the next call reconnects (the database may have restarted).
 
-Calls are served by urgency, then in order: a stop request or a finalize (`urgent`)
-goes ahead of the flushes and starts already queued, so a stop never waits for a
-burst of other streams' writes. And what must follow a write at once (a stop's terminal
+Calls are served by priority, then in order: a stop request or a finalize (STOPS) goes
+ahead of everything queued, so a stop never waits for a burst of other streams' writes;
+a new prompt (PROMPTS) goes ahead of the routine writes (ROUTINE: the batched starts
+and flushes), so a user's first chunk does not wait for them either. And what must follow a write at once (a stop's terminal
 event) can run in the very callback that hands the result back to the loop (`then`),
 one loop turn before the awaiting coroutine resumes.
 """
@@ -20,7 +21,7 @@ import queue
 import threading
 from django.db import Error, connection, connections
 
-URGENT, NORMAL = 0, 1
+STOPS, PROMPTS, ROUTINE = 0, 1, 2
 
 
 class Lane:
@@ -30,9 +31,9 @@ class Lane:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, function, kwargs: dict, urgent: bool, done) -> None:
+    def submit(self, function, kwargs: dict, priority: int, done) -> None:
         """Run `function(**kwargs)` on the lane; `done(result, error)` is called on its thread."""
-        self._queue.put((URGENT if urgent else NORMAL, next(self._order), function, kwargs, done))
+        self._queue.put((priority, next(self._order), function, kwargs, done))
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name="stream-db", daemon=True)
@@ -54,9 +55,9 @@ class Lane:
 _lane = Lane()
 
 
-async def run(function, /, *, urgent: bool = False, then=None, **kwargs):
-    """`function(**kwargs)` on the lane's thread; `urgent` for what a stop waits on; `then(result)`
-    runs on the loop as soon as the result is back, before this coroutine resumes."""
+async def run(function, /, *, priority: int = ROUTINE, then=None, **kwargs):
+    """`function(**kwargs)` on the lane's thread, by `priority` (STOPS for what a stop waits on);
+    `then(result)` runs on the loop as soon as the result is back, before this coroutine resumes."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
 
@@ -72,10 +73,10 @@ async def run(function, /, *, urgent: bool = False, then=None, **kwargs):
         finally:
             future.set_result(result)
 
-    _lane.submit(function, kwargs, urgent, lambda result, error: loop.call_soon_threadsafe(hand_back, result, error))
+    _lane.submit(function, kwargs, priority, lambda result, error: loop.call_soon_threadsafe(hand_back, result, error))
     return await future
 
 
 async def close() -> None:
     """Let go of the lane's connection (tests, shutdown, before a database is dropped)."""
-    await run(connections.close_all, urgent=True)
+    await run(connections.close_all, priority=STOPS)

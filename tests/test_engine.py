@@ -154,7 +154,7 @@ async def test_the_database_lane_serves_a_stop_before_the_writes_queued_ahead_of
     first = asyncio.ensure_future(writer.run(write, name="flush 1"))
     await asyncio.sleep(0.05)
     queued = [asyncio.ensure_future(writer.run(write, name=f"flush {i}")) for i in (2, 3)]
-    queued.append(asyncio.ensure_future(writer.run(write, urgent=True, name="finalize")))
+    queued.append(asyncio.ensure_future(writer.run(write, priority=writer.STOPS, name="finalize")))
     await asyncio.sleep(0.05)
     gate.set()
     await asyncio.gather(first, *queued)

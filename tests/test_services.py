@@ -63,11 +63,14 @@ class TestPrompt:
 
 
 class TestStreamWrites:
-    def test_start_moves_a_pending_answer_to_streaming_once(self, project):
-        pending = answer(project, status="pending")
-        assert services.message_start(message_id=pending.pk) is True
-        assert services.message_start(message_id=pending.pk) is False
-        row = Message.objects.get(pk=pending.pk)
+    def test_starts_move_pending_answers_to_streaming_once_in_one_call(self, project):
+        first, second = answer(project, status="pending"), answer(project, status="pending")
+        assert services.message_start_many(message_ids=[first.pk, second.pk]) == [True, True]
+        assert services.message_start_many(message_ids=[first.pk]) == [False]
+        Message.objects.filter(pk=second.pk).update(status="cancelled")
+        third = answer(project, status="pending")
+        assert services.message_start_many(message_ids=[second.pk, third.pk]) == [False, True]
+        row = Message.objects.get(pk=first.pk)
         assert row.status == "streaming" and row.started_at is not None and row.last_chunk_at is not None
 
     def test_a_flush_appends_each_streams_text_in_one_call_and_says_which_must_stop(self, project):
