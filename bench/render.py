@@ -115,15 +115,18 @@ def timings(results: dict) -> list[str]:
     measured = [(name, lv) for name, lv in measured if "stop_stages_ms" in lv]
     if not measured:
         return []
-    stage_rows = [[name, lv["stop_stages_ms"][STOP_STAGES[0]]["n"],
-                   *[lv["stop_stages_ms"][stage].get(p) for stage in STOP_STAGES for p in ("p50", "p99")],
+    stages = ("frame_in", *STOP_STAGES, "frame_out")
+    stage_rows = [[name, lv["stop_stages_ms"]["row_final"]["n"],
+                   *[lv["stop_stages_ms"].get(stage, {}).get(p) for stage in stages for p in ("p50", "p99")],
                    lv["loop_lag_ms"].get("p50"), lv["loop_lag_ms"].get("p99"), lv["loop_lag_ms"].get("max")]
                   for name, lv in measured]
-    out = ["## Where a stop spends its time (server side)\n",
-           "Each stop as the producing server timed it, in ms since the stop was requested (its frame read): "
-           "the stream's task cancelled, the upstream connection aborted, the row final, the terminal event "
-           "written to the socket. Loop lag: how late the server's 100 ms timer fired over the same run.\n",
-           table(["measurement", "stops", *[f"{s.replace('_', ' ')} {p}" for s in STOP_STAGES for p in ("p50", "p99")],
+    out = ["## Where a stop spends its time\n",
+           "Each sampled cancel, joined to the producing server's timeline of it. Frame in: from the client's "
+           "send to the server reading the frame (where the server's clock starts). Then, in ms since that read, "
+           "as the server timed them: the upstream connection aborted, the stream's task cancelled, the row "
+           "final, the terminal event written to the socket. Frame out: from that write to the client reading "
+           "the event. Loop lag: how late the server's 100 ms timer fired over the same run.\n",
+           table(["measurement", "stops", *[f"{s.replace('_', ' ')} {p}" for s in stages for p in ("p50", "p99")],
                   "loop lag p50 ms", "p99", "max"], stage_rows)]
     compare = [(name, lv) for name, lv in measured if "spread" in name or "," in name]
     if compare:

@@ -71,6 +71,9 @@ def level(run, streams: int, workers: int, closed: dict, token: str) -> dict:
     out.update(
         cancel_latency_ms=dist(cancel), upstream_close_ms=dist(close), upstream_not_closed=missing,
         ttfc_ms=dist([1000 * (s["first_chunk_at"] - s["sent_at"]) for s in records if s["first_chunk_at"]]),
+        # The sends made once every stream runs (the cancel phase's), apart from the ramp's burst.
+        ttfc_steady_ms=dist([1000 * (s["first_chunk_at"] - s["sent_at"]) for s in records
+                             if s["first_chunk_at"] and s["sent_at"] >= start]),
         wire_bytes_ratio=round(result["window_wire"] / result["window_chars"], 2) if result["window_chars"] else None,
         errors=result.get("errors", [])[:5], refused=len(result.get("refused", [])),
         refused_codes=dict(Counter(result.get("refused", []))),
@@ -253,15 +256,27 @@ def profile(raw: Path, streams: int, flamegraph: str) -> dict:
             "top_inclusive": share(inclusive), "flamegraph": flamegraph}
 
 
-STOP_STAGES = ("task_cancelled", "upstream_aborted", "row_final", "event_written")
+# In the order they happen (streaming/metrics.py), each in ms since the stop was requested.
+STOP_STAGES = ("upstream_aborted", "task_cancelled", "row_final", "event_written")
 
 
-def server_timings(probes: list[dict]) -> dict:
-    """What the servers timed during one measurement: each stop's stages (ms since it was
-    requested) and how late their event loop's 100 ms timer fired (ms)."""
-    stops = [stop for probe in probes for stop in probe["stops"]]
+def server_timings(probes: list[dict], records: list[dict]) -> dict:
+    """What the servers timed during one measurement, joined to the clients' sampled cancels
+    (cleanup cancels and other stops left out): each stop's stages in ms since the server read
+    its frame; `frame_in`, from the client's send to that read, and `frame_out`, from the event
+    written to the client's read (one machine, one monotonic clock); and how late the servers'
+    100 ms loop timer fired (ms)."""
+    sampled = {r["message_id"]: r for r in records
+               if r["cancel_at"] is not None and r["terminal"] == "stream_cancelled"}
+    stops = [stop for probe in probes for stop in probe["stops"] if stop["message_id"] in sampled]
+    for stop in stops:
+        client = sampled[stop["message_id"]]
+        stop["frame_in"] = 1000 * (stop["requested_at"] - client["cancel_at"])
+        if "event_written" in stop:
+            stop["frame_out"] = 1000 * (client["terminal_at"] - stop["requested_at"]) - stop["event_written"]
     lags = [lag for probe in probes for lag in probe["lags"]]
-    return {"stop_stages_ms": {stage: dist([s[stage] for s in stops if stage in s]) for stage in STOP_STAGES},
+    return {"stop_stages_ms": {stage: dist([s[stage] for s in stops if stage in s])
+                               for stage in ("frame_in", *STOP_STAGES, "frame_out")},
             "loop_lag_ms": dist(lags)}
 
 

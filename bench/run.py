@@ -139,7 +139,7 @@ class Bench:
         closed = self.upstream.stats(closed=True)["closed"]
         level = report.level(run, streams, self.workers, closed, TOKEN)
         if probes:
-            level.update(report.server_timings(self.probe(reset=True)))
+            level.update(report.server_timings(self.probe(reset=True), run.result["streams"]))
         return level
 
     def probe(self, reset: bool = False) -> list[dict]:

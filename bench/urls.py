@@ -1,6 +1,6 @@
 """The server's URLs plus `GET /bench/probe`, read by the benchmark only: the asyncio task
 count of the server's event loop (the leak check), and the raw samples behind two metrics
-(each recent stop's stages, in ms since it was requested; how late the lag monitor's timer
+(each recent stop's message id, its monotonic time requested, and its stages in ms since; how late the lag monitor's timer
 fired, in ms) for exact percentiles; `?reset=1` forgets those samples."""
 
 import asyncio
@@ -14,8 +14,9 @@ from streaming import metrics
 
 
 async def probe(request):
-    stops = [{stage: round((at - timeline["requested"]) * 1000, 3) for stage, at in timeline.items()}
-             for timeline in list(metrics.recent_stops)]
+    stops = [{"message_id": message_id, "requested_at": timeline["requested"],
+              **{stage: round((at - timeline["requested"]) * 1000, 3) for stage, at in timeline.items()}}
+             for message_id, timeline in list(metrics.recent_stops)]
     lags = [round(lag * 1000, 3) for lag in list(metrics.recent_lags)]
     if request.GET.get("reset"):
         metrics.recent_stops.clear()

@@ -101,11 +101,13 @@ class Bus:
         """
         self.ensure_started()
         layer = get_channel_layer()
-        # Twice: after a Redis restart the first command meets a dead pooled connection.
+        # Twice: after a Redis restart the first command meets a dead pooled connection. One
+        # command proves the layer answers; asyncio.timeout, unlike wait_for, adds no task
+        # (each cost loop turns: tens of ms of a send's first chunk at 200 streams).
         for attempt in range(2):
             try:
-                await asyncio.wait_for(layer.group_add("health", "health.probe"), PROBE_TIMEOUT)
-                await asyncio.wait_for(layer.group_discard("health", "health.probe"), PROBE_TIMEOUT)
+                async with asyncio.timeout(PROBE_TIMEOUT):
+                    await layer.group_discard("health", "health.probe")
                 return True
             except asyncio.TimeoutError:
                 if self._loop.time() - self._joined_at < RECENTLY_JOINED:

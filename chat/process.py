@@ -13,6 +13,7 @@ handler, and only then is the reactor asked to stop.
 
 import asyncio
 import atexit
+import gc
 import logging
 import signal
 import sys
@@ -83,6 +84,9 @@ def _started() -> None:
     atexit.register(_finish_abandoned_tasks, asyncio.get_running_loop())
     liveness.start()
     metrics.lag_monitor.start()
+    # What is loaded by now lives as long as the process: out of the collector's full passes,
+    # which at 200 streams stalled the loop for 70 ms (about 25 ms without it).
+    gc.freeze()
 
 
 async def _stop_then(stop_server) -> None:

@@ -8,9 +8,10 @@ import time
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-# A stop's stages in order; each is timed from the one before it. `requested`: the stop was
-# decided (a frame read, a REST call, a timer), where the clock starts.
-STOP_STAGES = ("task_cancelled", "upstream_aborted", "row_final", "event_written")
+# A stop's stages in the order they happen; each is timed from the one before it. `requested`:
+# the stop was decided (a frame read, a REST call, a timer), where the clock starts; the
+# upstream is aborted in that same call (Stream.stop), before the task sees its cancellation.
+STOP_STAGES = ("upstream_aborted", "task_cancelled", "row_final", "event_written")
 LAG_INTERVAL = 0.1  # how often the lag monitor's timer is set
 RECENT = 5000
 
@@ -25,8 +26,8 @@ cancel_latency = Histogram(
 )
 stop_stage = Histogram(
     "stopchat_stop_stage_seconds",
-    "How long each stage of a stop took, from the stage before it (requested, task_cancelled, "
-    "upstream_aborted, row_final, event_written)",
+    "How long each stage of a stop took, from the stage before it (requested, upstream_aborted, "
+    "task_cancelled, row_final, event_written)",
     ["stage"], buckets=LATENCY_BUCKETS,
 )
 event_loop_lag = Histogram(
@@ -42,19 +43,20 @@ tokens = Counter("stopchat_tokens", "Tokens of finished answers (the model serve
 upstream_errors = Counter("stopchat_upstream_errors_total", "Upstream failures, by error type", ["error_type"])
 flushes = Counter("stopchat_flushes_total", "Saves of produced text to the database, by result", ["result"])
 
-recent_stops: collections.deque = collections.deque(maxlen=RECENT)  # stop timelines, {stage: monotonic time}
+recent_stops: collections.deque = collections.deque(maxlen=RECENT)  # (message id, {stage: monotonic time})
 recent_lags: collections.deque = collections.deque(maxlen=RECENT)  # seconds late
 
 
-def stop_reached(timeline: dict, stage: str) -> None:
-    """Record that a stop reached `stage` now (once), timed from the stage before it."""
+def stop_reached(timeline: dict, stage: str, message_id: int | None = None) -> None:
+    """Record that a stop reached `stage` now (once), timed from the stage before it; its
+    whole timeline is kept (with `message_id`) once the row is final."""
     if stage in timeline or "requested" not in timeline:
         return
     timeline[stage] = now = time.monotonic()
     before = [timeline[s] for s in ("requested", *STOP_STAGES) if s in timeline and s != stage]
     stop_stage.labels(stage).observe(now - max(before))
     if stage == "row_final":
-        recent_stops.append(timeline)
+        recent_stops.append((message_id, timeline))
 
 
 class LagMonitor:
