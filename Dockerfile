@@ -16,4 +16,4 @@ COPY static static
 RUN DEBUG=0 SECRET_KEY=collectstatic-only python manage.py collectstatic --no-input
 USER stopchat
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--application-close-timeout", "15", "chatproj.asgi:application"]
+CMD ["python", "-m", "chatproj.serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -37,15 +37,16 @@ def server_command(kind: str, app: str, port: int) -> list[str]:
 
 
 def start_server(app: str, port: int, env: dict, cwd: Path, log, timeout: float, kind: str = "daphne",
-                 **popen) -> subprocess.Popen:
+                 command: list[str] | None = None, **popen) -> subprocess.Popen:
     """`app` served by daphne or uvicorn on 127.0.0.1:`port` with `env` as its whole
-    environment, once /healthz answers 200.
+    environment, once /healthz answers 200 (`command`: the server's own command line, say
+    a compose file's, serving on that port).
 
     Its output goes to `log` (a file open for writing); `popen` adds to the Popen arguments.
     A server that exits or does not answer within `timeout` seconds is stopped, and the
     error quotes the end of its log: that is where a settings error or a taken port shows.
     """
-    process = subprocess.Popen(server_command(kind, app, port), cwd=cwd, env=env, stdout=log,
+    process = subprocess.Popen(command or server_command(kind, app, port), cwd=cwd, env=env, stdout=log,
                                stderr=subprocess.STDOUT, **popen)
     problem = _wait_until_serving(process, f"http://127.0.0.1:{port}/healthz", timeout)
     if problem:

@@ -48,12 +48,14 @@ def test_init_then_a_worker_run_with_composes_commands_and_environment(pg_databa
     assert "User 'admin' already exists." in again.stdout
 
     command = SERVICES["web1"]["command"]
-    assert command[0] == "daphne" and command[-1] == "chatproj.asgi:application"
+    assert command[:3] == ["python", "-m", "chatproj.serve"]  # uvicorn
     port = free_port()
+    command = [{"0.0.0.0": "127.0.0.1", "8000": str(port)}.get(part, part) for part in command]
     worker_env = interpolate(SERVICES["web1"]["environment"], GIVEN) | {
         k: base[k] for k in ("PATH", "DATABASE_URL", "REDIS_URL", "CHANNEL_LAYER_PREFIX", "STATIC_ROOT")}
     with open(tmp_path / "web1.log", "w") as log:
-        process = start_server("chatproj.asgi:application", port, worker_env, ROOT, log, timeout=30)
+        process = start_server("chatproj.asgi:application", port, worker_env, ROOT, log, timeout=30,
+                               command=command)
     try:
         probe = [part.replace("localhost:8000", f"localhost:{port}") for part in SERVICES["web1"]["healthcheck"]["test"][1:]]
         assert subprocess.run(probe, env=worker_env, timeout=10).returncode == 0
