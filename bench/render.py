@@ -27,7 +27,6 @@ def table(head: list[str], rows: list[list]) -> str:
 
 def markdown(results: dict) -> str:
     meta = results["meta"]
-    compare = meta["config"]["compare_at"]
     out = [f"# Benchmark, {meta['mode']} run, {meta['date']}\n",
            f"Server code: {meta.get('server_commit', '?')}. "
            f"Backend `{meta['backend']}` ({meta['workers']} {meta.get('server', 'daphne')} worker(s)); upstream chunk "
@@ -57,61 +56,66 @@ def markdown(results: dict) -> str:
                      and lv["ttfc_ms"].get("p50") is not None else None,
                      lv["wire_bytes_ratio"], (lv.get("db") or {}).get("updates_per_stream"),
                      (lv.get("db") or {}).get("expected_updates"), lv.get("refused", 0)])
-    out += ["## Concurrency\n",
-            "Cancel latency: client's `cancel` frame to its `stream_cancelled`. Upstream close: the same frame to the "
-            "fake upstream seeing the connection closed. Relay/direct: chunks per second the clients received "
-            "through the server / reading the upstream themselves, same concurrency. TTFC: `send` to first "
-            "`message_chunk` (server) vs request to first content event (direct); added = the difference of the "
-            "medians. Wire ratio: websocket bytes (payload + frame header) / content bytes in the window. "
-            "DB: updates of each answer's row vs duration / flush + 2.\n",
-            table(["streams", "per proc", "cancel p50 ms", "p95", "p99", "n", "upstream close p50 ms", "p99",
-                   "not closed", "relay chunks/s", "direct chunks/s", "relay ratio", "server CPU ms/chunk",
-                   "server CPU (cores)", "upstream CPU (cores)", "load generator CPU (cores)",
-                   "other processes (cores)", "TTFC p50 ms", "direct TTFC p50 ms",
-                   "TTFC added ms", "wire ratio", "DB updates/stream", "expected", "sends refused"], rows)]
-    if not rows:
-        out.pop()  # no concurrency levels were measured
-    if "lengths" not in results:
-        return "\n".join(out + _tail(results))
-    out += ["## Answer length\n",
-            f"One answer at a time, upstream at {meta['config']['length_rate']} chunks/s.\n",
-            table(["chunks", "duration s", "DB updates", "expected (duration/0.5 + 2)", "DB inserts", "frames",
-                   "wire bytes", "content bytes", "wire ratio"],
-                  [[r["chunks"], r["duration_s"], r["db_updates"], r["expected_updates"], r["db_inserts"], r["frames"],
-                    r["wire_bytes"], r["content_bytes"], r["wire_bytes_ratio"]] for r in results["lengths"]])]
-    if "frame0" not in results or "seed" not in results:
-        out.append("## Baselines\n\nNot measured in this run (it stopped before the frame0 and seed phases).\n")
-        return "\n".join(out + _tail(results))
-    real, f0, seed = results["levels"][compare], results["frame0"], results["seed"]
-    out += [f"## Baselines at {compare} streams (steady window)\n",
-            "`frame0`: the real server with STREAM_FRAME_INTERVAL=0 (a frame per upstream chunk). `seed`: "
-            "bench/naive.py, a seed-style relay (a row write and a channel-layer frame carrying the whole content, "
-            "per chunk). Ratios are seed / real.\n",
-            table(["relay", "chunks/s", "server CPU ms/chunk", "server CPU (cores)", "wire ratio",
-                   "DB updates/stream", "cancel p99 ms"],
-                  [["real (frame interval 0.05)", real["chunks_per_s"], real.get("server_cpu_ms_per_chunk"),
-                    real.get("server_cpu_share"), real["wire_bytes_ratio"], (real.get("db") or {}).get("updates_per_stream"),
-                    real["cancel_latency_ms"].get("p99")],
-                   ["frame0 (frame interval 0)", f0["chunks_per_s"], f0.get("server_cpu_ms_per_chunk"),
-                    f0.get("server_cpu_share"), f0["wire_bytes_ratio"], None, None],
-                   ["seed-style", seed["chunks_per_s"], seed.get("server_cpu_ms_per_chunk"), seed.get("server_cpu_share"),
-                    seed["wire_bytes_ratio"], (seed.get("db") or {}).get("updates_per_stream"), None]])]
-    ratios = seed_ratios(results)
-    out += ["Seed-style / real: " + ", ".join(f"{k} x{v}" for k, v in ratios.items()) + ".\n",
-            table(["seed-style length", "duration s", "DB updates", "wire ratio", "wire bytes"],
-                  [[r["chunks"], r["duration_s"], r["db_updates"], r["wire_bytes_ratio"], r["wire_bytes"]]
-                   for r in seed.get("lengths", [])])]
+    if rows:
+        out += ["## Concurrency\n",
+                "Cancel latency: client's `cancel` frame to its `stream_cancelled`. Upstream close: the same frame to "
+                "the fake upstream seeing the connection closed. Relay/direct: chunks per second the clients received "
+                "through the server / reading the upstream themselves, same concurrency. TTFC: `send` to first "
+                "`message_chunk` (server) vs request to first content event (direct); added = the difference of the "
+                "medians. Wire ratio: websocket bytes (payload + frame header) / content bytes in the window. "
+                "DB: updates of each answer's row vs duration / flush + 2.\n",
+                table(["streams", "per proc", "cancel p50 ms", "p95", "p99", "n", "upstream close p50 ms", "p99",
+                       "not closed", "relay chunks/s", "direct chunks/s", "relay ratio", "server CPU ms/chunk",
+                       "server CPU (cores)", "upstream CPU (cores)", "load generator CPU (cores)",
+                       "other processes (cores)", "TTFC p50 ms", "direct TTFC p50 ms",
+                       "TTFC added ms", "wire ratio", "DB updates/stream", "expected", "sends refused"], rows)]
+    if "lengths" in results:
+        out += ["## Answer length\n",
+                f"One answer at a time, upstream at {meta['config']['length_rate']} chunks/s.\n",
+                table(["chunks", "duration s", "DB updates", "expected (duration/0.5 + 2)", "DB inserts", "frames",
+                       "wire bytes", "content bytes", "wire ratio"],
+                      [[r["chunks"], r["duration_s"], r["db_updates"], r["expected_updates"], r["db_inserts"],
+                        r["frames"], r["wire_bytes"], r["content_bytes"], r["wire_bytes_ratio"]]
+                       for r in results["lengths"]])]
+    out += baselines(results)
     return "\n".join(out + _tail(results))
+
+
+def baselines(results: dict) -> list[str]:
+    """The real relay against frame0 and the seed-style relay, at compare_at streams."""
+    compare = results["meta"]["config"]["compare_at"]
+    real, f0, seed = results.get("levels", {}).get(compare), results.get("frame0"), results.get("seed")
+    if not (real and f0 and seed):
+        return []
+    out = [f"## Baselines at {compare} streams (steady window)\n",
+           "`frame0`: the real server with STREAM_FRAME_INTERVAL=0 (a frame per upstream chunk). `seed`: "
+           "bench/naive.py, a seed-style relay (a row write and a channel-layer frame carrying the whole content, "
+           "per chunk). Ratios are seed / real.\n",
+           table(["relay", "chunks/s", "server CPU ms/chunk", "server CPU (cores)", "wire ratio",
+                  "DB updates/stream", "cancel p99 ms"],
+                 [["real (frame interval 0.05)", real["chunks_per_s"], real.get("server_cpu_ms_per_chunk"),
+                   real.get("server_cpu_share"), real["wire_bytes_ratio"], (real.get("db") or {}).get("updates_per_stream"),
+                   real["cancel_latency_ms"].get("p99")],
+                  ["frame0 (frame interval 0)", f0["chunks_per_s"], f0.get("server_cpu_ms_per_chunk"),
+                   f0.get("server_cpu_share"), f0["wire_bytes_ratio"], None, None],
+                  ["seed-style", seed["chunks_per_s"], seed.get("server_cpu_ms_per_chunk"), seed.get("server_cpu_share"),
+                   seed["wire_bytes_ratio"], (seed.get("db") or {}).get("updates_per_stream"), None]])]
+    ratios = seed_ratios(results, real)
+    return out + ["Seed-style / real: " + ", ".join(f"{k} x{v}" for k, v in ratios.items()) + ".\n",
+                  table(["seed-style length", "duration s", "DB updates", "wire ratio", "wire bytes"],
+                        [[r["chunks"], r["duration_s"], r["db_updates"], r["wire_bytes_ratio"], r["wire_bytes"]]
+                         for r in seed.get("lengths", [])])]
 
 
 def timings(results: dict) -> list[str]:
     """Where each stop spent its time and how late the server's loop ran, per measurement."""
-    server = results["meta"].get("server", "daphne")
-    measured = [(f"{n} streams", lv) for n, lv in results.get("levels", {}).items()]
+    meta = results["meta"]
+    server, clock = meta.get("server", "daphne"), meta.get("upstream_clock", "aligned")
+    at = meta["config"]["compare_at"] * meta["workers"]
+    measured = [(f"{n} streams, {server}, {clock}", lv) for n, lv in results.get("levels", {}).items()]
     measured += [(f"{n} streams, {server}, spread", lv) for n, lv in results.get("spread", {}).items()]
     for kind, by_clock in results.get("servers", {}).items():
-        measured += [(f"{results['meta']['config']['compare_at']} streams, {kind}, {clock}", lv)
-                     for clock, lv in by_clock.items()]
+        measured += [(f"{at} streams, {kind}, {c}", lv) for c, lv in by_clock.items()]
     measured = [(name, lv) for name, lv in measured if "stop_stages_ms" in lv]
     if not measured:
         return []
@@ -128,18 +132,17 @@ def timings(results: dict) -> list[str]:
            "the event. Loop lag: how late the server's 100 ms timer fired over the same run.\n",
            table(["measurement", "stops", *[f"{s.replace('_', ' ')} {p}" for s in stages for p in ("p50", "p99")],
                   "loop lag p50 ms", "p99", "max"], stage_rows)]
-    compare = [(name, lv) for name, lv in measured if "spread" in name or "," in name]
-    if compare:
-        aligned = results.get("levels", {}).get(results["meta"]["config"]["compare_at"])
-        if aligned:
-            compare.insert(0, (f"{results['meta']['config']['compare_at']} streams, {server}, aligned", aligned))
-        out += ["## Aligned and spread, daphne and uvicorn\n",
-                "The same load at compare_at streams: the upstream's chunks all in the same instant (aligned) or "
-                "each on a clock of its own (spread), under each ASGI server.\n",
+    compare = [(name, lv) for name, lv in measured if name.startswith(f"{at} streams")]
+    if len(compare) > 1:
+        out += ["## Aligned and spread, uvicorn and daphne\n",
+                f"The same load at {at} streams: the upstream's chunks all in the same instant (aligned) or each on "
+                "a clock of its own (spread), under each ASGI server. TTFC steady: the sends made while the other "
+                "streams run (the cancel phase's), without the ramp's burst of sends.\n",
                 table(["measurement", "cancel p50 ms", "cancel p99", "upstream closed p99", "TTFC p50",
-                       "server CPU ms/chunk", "loop lag p99"],
+                       "TTFC steady p50", "server CPU ms/chunk", "loop lag p99"],
                       [[name, lv["cancel_latency_ms"].get("p50"), lv["cancel_latency_ms"].get("p99"),
-                        lv["upstream_close_ms"].get("p99"), lv["ttfc_ms"].get("p50"), lv.get("server_cpu_ms_per_chunk"),
+                        lv["upstream_close_ms"].get("p99"), lv["ttfc_ms"].get("p50"),
+                        lv.get("ttfc_steady_ms", {}).get("p50"), lv.get("server_cpu_ms_per_chunk"),
                         lv.get("loop_lag_ms", {}).get("p99")] for name, lv in compare])]
     return out
 
@@ -193,9 +196,8 @@ def direct_for(direct: dict, streams: int) -> dict:
     return direct[min(direct, key=lambda n: abs(int(n) - streams))]
 
 
-def seed_ratios(results: dict) -> dict:
-    compare = results["meta"]["config"]["compare_at"]
-    real, seed = results["levels"][compare], results["seed"]
+def seed_ratios(results: dict, real: dict) -> dict:
+    seed = results["seed"]
     ratios = {}
     if real.get("server_cpu_ms_per_chunk") and seed.get("server_cpu_ms_per_chunk"):
         ratios["CPU per chunk"] = round(seed["server_cpu_ms_per_chunk"] / real["server_cpu_ms_per_chunk"], 2)

@@ -16,7 +16,6 @@ Phases (each against the baselines measured in the same run):
   seed       bench/naive.py, the seed-style relay (a write and a full-content frame per chunk)
 """
 
-import argparse
 import asyncio
 import datetime
 import itertools
@@ -30,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import render, report
+from . import report
 from . import cluster
 from .cluster import BIN, Database, Server, Upstream, clear_redis_prefix, server_env
 from .jobs import run_job
@@ -69,6 +68,7 @@ class Bench:
     def __init__(self, config: dict, backend: str, workdir: Path, stem: str, server: str = "daphne",
                  clock: str = "aligned"):
         self.config, self.backend, self.workdir, self.stem = config, backend, workdir, stem
+        self.figures = RESULTS  # where the profile's flame graph goes (--out's folder, if given)
         self.server, self.clock = server, clock  # the ASGI server and the upstream's chunk clock measured
         self.workers = 2 if backend == "pg" else 1
         self.prefix = f"stopchat-bench-{secrets.token_hex(4)}" if backend == "pg" else None
@@ -175,21 +175,25 @@ class Bench:
             await self.wait_idle()
 
     async def compare_level(self, name: str, clock: str) -> dict:
-        streams = self.config["compare_at"]
+        streams = self.per_process_compare()
         result = await self.measure("streams", name, streams, self.config["cancel_phase"], clock=clock)
         result.pop("finished")
         await self.wait_idle()
         return result
 
+    def per_process_compare(self) -> int:
+        """compare_at streams on each worker (the goals are per process)."""
+        return self.config["compare_at"] * self.workers
+
     async def phase_spread(self) -> None:
-        streams = self.config["compare_at"]
+        streams = self.per_process_compare()
         log(f"spread: {streams} streams through {self.server}, the upstream's chunk clocks spread")
         self.serving()
         self.results["spread"] = {streams: await self.compare_level(f"spread{streams}", "spread")}
 
     async def phase_servers(self) -> None:
         other = "uvicorn" if self.server == "daphne" else "daphne"
-        log(f"servers: {self.config['compare_at']} streams under {other}, aligned and spread")
+        log(f"servers: {self.per_process_compare()} streams under {other}, aligned and spread")
         self.serve(server=other)
         self.results["servers"] = {other: {clock: await self.compare_level(f"{other}-{clock}", clock)
                                            for clock in ("aligned", "spread")}}
@@ -218,7 +222,7 @@ class Bench:
         raw = self.workdir / "profile.txt"
 
         async def record(start: float) -> None:
-            await self.spy(start - time.monotonic(), seconds, raw, RESULTS / f"{self.stem}-profile.svg")
+            await self.spy(start - time.monotonic(), seconds, raw, self.figures / f"{self.stem}-profile.svg")
 
         saved = self.config["window"]
         self.config["window"] = seconds + 1
@@ -226,7 +230,9 @@ class Bench:
             await self.measure("streams", f"prof{streams}", streams, 0.0, during=record)
         finally:
             self.config["window"] = saved
-        self.results["profile"] = (report.profile(raw, streams, f"bench/results/{self.stem}-profile.svg") if raw.exists()
+        svg = self.figures / f"{self.stem}-profile.svg"
+        shown = svg.relative_to(RESULTS.parent.parent) if svg.is_relative_to(RESULTS.parent.parent) else svg
+        self.results["profile"] = (report.profile(raw, streams, str(shown)) if raw.exists()
                                    else {"error": "py-spy produced nothing"})
         await self.wait_idle()
 
@@ -356,65 +362,3 @@ def workdir_for(stem: str) -> Path:
     folder = base / f"{stem}-{os.getpid()}"
     folder.mkdir()
     return folder
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a short run (under a minute) that asserts loose goals")
-    parser.add_argument("--backend", choices=["sqlite", "pg"], default="sqlite")
-    parser.add_argument("--only", type=lambda v: v.split(","), metavar="PHASE[,PHASE]",
-                        help=f"run only these phases, of: {', '.join(PHASES)}")
-    parser.add_argument("--levels", type=lambda v: [int(n) for n in v.split(",")], metavar="N[,N]",
-                        help="the concurrency levels (and the direct baseline's)")
-    parser.add_argument("--compare-at", type=int, metavar="N",
-                        help="the level the baselines, spread, servers and profile phases use (200)")
-    parser.add_argument("--upstream", choices=["aligned", "spread"], default="aligned",
-                        help="when the upstream's chunks fall: on one shared grid, or each on its own clock")
-    parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne", help="the ASGI server measured")
-    parser.add_argument("--out", type=Path, metavar="PATH", help="write the JSON here (and the markdown beside it)")
-    parser.add_argument("--leak-streams", type=int, help="streams of the leak phase (10,000 in the full run)")
-    parser.add_argument("--server-tree", metavar="REF",
-                        help="run the servers from a snapshot of this commit instead of the work tree")
-    args = parser.parse_args()
-    phases = tuple(args.only) if args.only else (SMOKE_PHASES if args.smoke else PHASES)
-    unknown = set(phases) - set(PHASES)
-    if unknown:
-        parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}; the phases are {', '.join(PHASES)}")
-    config = json.loads(json.dumps(SMOKE if args.smoke else FULL))
-    if args.leak_streams:
-        config["leak"]["total"] = args.leak_streams
-    if args.backend == "pg":
-        config["levels"] = sorted(set(config["levels"]) | ({400} if not args.smoke else set()))
-    if args.levels:
-        config["levels"] = config["direct_levels"] = args.levels
-    if args.compare_at:
-        config["compare_at"] = args.compare_at
-    config["cancel_gap"] = {int(k) if k != "default" else k: v for k, v in config["cancel_gap"].items()}
-    RESULTS.mkdir(exist_ok=True)
-    stem = ("smoke" if args.smoke else "latest") + ("-pg" if args.backend == "pg" else "")
-    workdir = workdir_for(stem)
-    if args.server_tree:
-        SERVER_TREE[0] = subprocess.run(["git", "rev-parse", args.server_tree], cwd=cluster.ROOT, check=True,
-                                        capture_output=True, text=True).stdout.strip()
-        cluster.snapshot(SERVER_TREE[0], workdir / "server")
-    bench = Bench(config, args.backend, workdir, stem, server=args.server, clock=args.upstream)
-    results = asyncio.run(bench.run(args.smoke, phases))
-    goals = report.goals(results, smoke=args.smoke)
-    results["goals"] = goals
-    folder, stem = (args.out.parent, args.out.stem) if args.out else (RESULTS, stem)
-    render.write(results, folder, stem, plot=not args.smoke and not args.only)  # the smoke run asserts; no plot
-    failed = [g for g in goals if g["met"] is False]
-    if args.smoke:
-        for goal in goals:
-            log(f"{'ok  ' if goal['met'] else 'FAIL'} {goal['name']}: {goal['measured']} (smoke bound {goal['goal']})")
-        print(f"bench-smoke: {len(goals) - len(failed)} passed, {len(failed)} failed")
-        sys.exit(1 if failed else 0)
-    for goal in goals:
-        state = {True: "met    ", False: "NOT MET", None: "not measured"}[goal["met"]]
-        log(f"{state} {goal['name']}: {goal['measured']} (goal {goal['goal']})")
-    log(f"wrote {folder / (stem + '.json')} and {stem}.md")
-
-
-if __name__ == "__main__":
-    main()
