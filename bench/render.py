@@ -9,8 +9,9 @@ MET = {True: "yes", False: "**no**", None: "not measured"}
 
 
 def write(results: dict, folder: Path, stem: str, plot: bool = True) -> None:
+    text = markdown(results)  # first: it adds the seed-style ratios to the results
     (folder / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (folder / f"{stem}.md").write_text(markdown(results))
+    (folder / f"{stem}.md").write_text(text)
     if plot:
         latency_plot(results, folder / ("latency.png" if stem == "latest" else f"{stem}-latency.png"))
 
