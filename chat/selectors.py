@@ -118,23 +118,28 @@ def worker_is_alive(*, worker: str, now=None) -> bool:
     return worker == WORKER_ID or live_workers(now=now).filter(id=worker).exists()
 
 
-def active_answers(*, user):
-    """The user's answers still pending or streaming on a live worker, oldest first."""
-    return Message.objects.filter(
-        project__owner=user, role=Message.Role.ASSISTANT, status__in=Message.ACTIVE_STATUSES,
-    ).filter(produced_by_a_live_worker()).order_by("created_at", "id")
+def answers_counted(*, user, since=None) -> list[dict]:
+    """The user's answers that count against the caps (pending or streaming) or, with `since`,
+    the send rate (created since then), oldest first: id, created_at, status, worker. One
+    query without the liveness subquery, as every prompt reads it (`live_of` settles that)."""
+    which = Q(status__in=Message.ACTIVE_STATUSES)
+    if since is not None:
+        which |= Q(created_at__gte=since)
+    return list(Message.objects.filter(which, project__owner=user, role=Message.Role.ASSISTANT)
+                .order_by("created_at", "id").values("id", "created_at", "status", "worker"))
+
+
+def live_of(*, workers: set[str]) -> set[str]:
+    """Those of `workers` that are alive: this process, and those with a fresh heartbeat."""
+    others = workers - {WORKER_ID}
+    alive = set(live_workers().filter(id__in=others).values_list("id", flat=True)) if others else set()
+    return alive | (workers & {WORKER_ID})
 
 
 def answers_of_dead_workers(*, limit: int = 100) -> list[int]:
     """Ids of unfinished answers whose producing process stopped its heartbeat."""
     return list(Message.objects.filter(role=Message.Role.ASSISTANT, status__in=Message.ACTIVE_STATUSES)
                 .exclude(produced_by_a_live_worker()).order_by("id").values_list("id", flat=True)[:limit])
-
-
-def recent_answer_times(*, user, since, limit: int) -> list:
-    """When the user's latest answers (at most `limit`) since `since` were created, oldest first."""
-    return list(Message.objects.filter(project__owner=user, role=Message.Role.ASSISTANT, created_at__gte=since)
-                .order_by("-created_at").values_list("created_at", flat=True)[:limit])[::-1]
 
 
 # -- the conversation sent upstream ----------------------------------------------------------------

@@ -149,14 +149,21 @@ def _admit(*, user, session_key: str | None) -> list[int]:
     if session_key is not None and (current is None or not selectors.session_is_current(
             session_key=session_key, user=current)):
         raise SessionEnded("Your session has ended; please sign in again.")
-    _check_rate(user=user)
-    active = list(selectors.active_answers(user=user).values_list("pk", flat=True))
+    now, limit = timezone.now(), settings.STREAM_SENDS_PER_MINUTE
+    counted = selectors.answers_counted(user=user, since=now - RATE_WINDOW if limit else None)
+    if limit:
+        _check_rate(times=[row["created_at"] for row in counted if row["created_at"] >= now - RATE_WINDOW],
+                    limit=limit, now=now)
+    active = [row for row in counted if row["status"] in Message.ACTIVE_STATUSES]
+    if len(active) >= settings.STREAM_MAX_PER_USER:  # only then: do dead processes' answers count?
+        alive = selectors.live_of(workers={row["worker"] for row in active})
+        active = [row for row in active if row["worker"] in alive]
     excess = len(active) - settings.STREAM_MAX_PER_USER + 1
     if excess <= 0:
         return []
     if settings.STREAM_LIMIT_POLICY == "reject":
         raise LimitExceeded(f"You have {len(active)} answers streaming (at most {settings.STREAM_MAX_PER_USER} per user).")
-    return active[:excess]
+    return [row["id"] for row in active[:excess]]
 
 
 def _placeholder(*, project, reply_to: Message, provider: str, model: str, continues: Message | None = None) -> Message:
@@ -177,16 +184,12 @@ def _supersede_from(*, project, message_id: int) -> list[int]:
     return ids
 
 
-def _check_rate(*, user) -> None:
-    """At most STREAM_SENDS_PER_MINUTE answers in any minute; counted in the database, so
-    across every process, with or without Redis."""
-    limit = settings.STREAM_SENDS_PER_MINUTE
-    if not limit:
-        return
-    now = timezone.now()
-    recent = selectors.recent_answer_times(user=user, since=now - RATE_WINDOW, limit=limit)
-    if len(recent) >= limit:
-        retry_after = max(1, math.ceil((recent[0] + RATE_WINDOW - now).total_seconds()))
+def _check_rate(*, times: list, limit: int, now) -> None:
+    """At most STREAM_SENDS_PER_MINUTE answers in any minute (`times`: when the user's answers
+    of the last minute were created, oldest first); counted in the database, so across every
+    process, with or without Redis."""
+    if len(times) >= limit:
+        retry_after = max(1, math.ceil((times[-limit] + RATE_WINDOW - now).total_seconds()))
         raise RateLimited(f"You sent {limit} prompts in the last minute; please wait {retry_after} s.", retry_after)
 
 

@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from chat import answers, selectors, services
-from chat.errors import LimitExceeded
+from chat.errors import LimitExceeded, RateLimited
 from chat.liveness import Liveness, sweep_dead_workers
 from chat.models import Message, Worker
 from streaming.worker import WORKER_ID
@@ -57,6 +57,19 @@ def test_the_caps_count_only_the_answers_of_live_workers(user, project, settings
     with pytest.raises(LimitExceeded, match="at most 3"):
         prompt(user, project)  # 2 alive + the one just created here
     assert all(Message.objects.get(pk=m.pk).status == "streaming" for m in dead)
+
+
+def test_the_rate_counts_the_last_minute_and_waits_for_the_oldest_of_the_latest_sends(user, project, settings):
+    settings.STREAM_SENDS_PER_MINUTE = 2
+    now = timezone.now()
+    for seconds_ago in (70, 50, 10):  # the first is outside the minute; finished answers count too
+        Message.objects.create(project=project, role="assistant", status="complete", worker=WORKER_ID,
+                               created_at=now - timedelta(seconds=seconds_ago))
+    with pytest.raises(RateLimited) as refused:
+        prompt(user, project)
+    assert 9 <= refused.value.retry_after <= 10  # when the one of 50 s ago leaves the minute
+    settings.STREAM_SENDS_PER_MINUTE = 3
+    assert prompt(user, project).answer.status == "pending"
 
 
 async def test_the_sweep_finalizes_dead_workers_answers_as_orphaned_with_their_text(user, project, settings):
