@@ -21,7 +21,7 @@ from tests.conftest import ORIGIN, cookie_header, session_cookies
 from tests.helpers import TERMINAL, assert_contiguous, chunks_text, wait_for
 # A daphne of this module's own, with STREAM_DISCONNECT_GRACE=0, signed in.
 from tests.test_live_server import client, project_id, server, upstream_server  # noqa: F401
-from tests.upstream import chat_reply, endless_reply
+from tests.upstream import chat_reply, endless_reply, reset_reply
 
 
 def chat_url(project_id) -> str:
@@ -61,6 +61,17 @@ class TestInProcess:
         assert events[0]["client_id"] == "c-1" and events[-1]["content"] == "Hello there"
         answer = await database_sync_to_async(Message.objects.get)(pk=events[0]["assistant_message"]["id"])
         assert (answer.status, answer.content) == ("complete", "Hello there")
+
+    async def test_a_failed_answer_carries_the_tickets_error_fields_beside_ours(self, llm, api, project):
+        llm.enqueue(reset_reply(["Half an ", "answer"]))
+        response = await api.post(chat_url(project.pk), json={"content": "hi"})
+        failed = parse_sse(response.text)[-1]
+        assert failed["type"] == "stream_error" and failed["messageId"] == failed["message_id"]
+        assert failed["errorType"] == failed["error_type"] == "network"
+        assert failed["error"] and "127.0.0.1" not in failed["error"]  # ours and the ticket's: the safe text
+        assert failed["partialContent"] == failed["partial_content"]
+        assert failed["partialContent"].startswith("Half an answer\n\n*[") and failed["partialContent"].endswith("]*")
+        assert (failed["isStreaming"], failed["canCancel"]) == (False, False)
 
     async def test_it_keeps_a_silent_connection_alive_with_comments(self, llm, api, project, monkeypatch):
         monkeypatch.setattr(sse, "KEEP_ALIVE_AFTER", 0.05)

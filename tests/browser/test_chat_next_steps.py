@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.upstream import chat_reply, endless_reply
+from tests.upstream import chat_reply, endless_reply, error_reply
 
 from .pages import (
     create_project, expect_stopped_by_user, run_django, screenshot, send_prompt, sign_in, wait_for_text_growth,
@@ -68,6 +68,22 @@ def test_regenerate_shows_two_versions_and_switches_back(page, fake_upstream):
     page.reload()  # the version shown is kept: later prompts see it too
     expect(page.locator("#messages article[data-role=assistant]:not([hidden]) .message-body")).to_have_text(
         "The first answer.")
+
+
+def test_retry_after_an_error_answers_the_same_prompt_in_place(page, fake_upstream):
+    sign_in(page)
+    create_project(page, "Retry")
+    fake_upstream.set_default(error_reply(503, {"error": {"message": "overloaded"}}))
+    failed = send_prompt(page, "Try this")
+    expect(failed).to_have_attribute("data-status", "error")
+
+    fake_upstream.set_default(chat_reply(["It worked", " this time."], delay=0.02))
+    failed.get_by_role("button", name="Retry").click()
+    shown = page.locator("#messages article[data-role=assistant]:not([hidden])")
+    expect(shown.locator(".message-body")).to_have_text("It worked this time.")
+    expect(shown.locator(".version-label")).to_have_text("2 / 2")  # the failed one is kept, as a version
+    expect(page.locator("#messages article[data-role=user]")).to_have_count(1)  # no second prompt
+    expect(failed).to_be_hidden()
 
 
 def test_edit_and_resend_replaces_the_exchange_and_what_follows(page, fake_upstream):
