@@ -151,21 +151,22 @@ def timings(results: dict) -> list[str]:
 def _tail(results: dict) -> list[str]:
     out = []
     storm_, leak_ = results.get("storm"), results.get("leak")
-    if not storm_ or not leak_:
-        return out + _profiles(results)
-    out += ["## Storm\n",
-            f"{storm_['messages']} sends, each cancelled 0-300 ms after its `message_created`: outcomes "
-            f"{storm_['outcomes']}; {storm_['problem_count']} problems (events vs rows vs deltas); "
-            f"{storm_['rows_unfinished']} rows left unfinished; registry after: {storm_['after']['registry_count']}.\n",
-            "## Leaks\n",
-            f"{leak_['streams']} streams of {leak_['chunks']} chunks at {leak_['rate']}/s over "
-            f"{leak_['sockets']} sockets, in {leak_['seconds']} s, every other one cancelled at a random "
-            f"point: outcomes {leak_['outcomes']}. RSS {leak_['rss_before_mb']} -> {leak_['rss_after_mb']} MB "
-            f"(growth {leak_['rss_growth_mb']} MB); registry after {leak_['registry_count_after']}; upstream replies "
-            f"open after {leak_['upstream_active_replies_after']}, idle keep-alive connections "
-            f"{leak_['upstream_open_connections_before']} -> {leak_['upstream_open_connections_after']}; asyncio "
-            f"tasks {leak_['tasks_before']} -> {leak_['tasks_after']}; threads {leak_['threads_before']} -> "
-            f"{leak_['threads_after']}.\n"]
+    if storm_:
+        out += ["## Storm\n",
+                f"{storm_['messages']} sends, each cancelled 0-300 ms after its `message_created`: outcomes "
+                f"{storm_['outcomes']}; {storm_['problem_count']} problems (events vs rows vs deltas); "
+                f"{storm_['rows_unfinished']} rows left unfinished; registry after: "
+                f"{storm_['after']['registry_count']}.\n"]
+    if leak_:
+        out += ["## Leaks\n",
+                f"{leak_['streams']} streams of {leak_['chunks']} chunks at {leak_['rate']}/s over "
+                f"{leak_['sockets']} sockets, in {leak_['seconds']} s, every other one cancelled at a random "
+                f"point: outcomes {leak_['outcomes']}. RSS {leak_['rss_before_mb']} -> {leak_['rss_after_mb']} MB "
+                f"(growth {leak_['rss_growth_mb']} MB); registry after {leak_['registry_count_after']}; upstream "
+                f"replies open after {leak_['upstream_active_replies_after']}, idle keep-alive connections "
+                f"{leak_['upstream_open_connections_before']} -> {leak_['upstream_open_connections_after']}; asyncio "
+                f"tasks {leak_['tasks_before']} -> {leak_['tasks_after']}; threads {leak_['threads_before']} -> "
+                f"{leak_['threads_after']}.\n"]
     return out + _profiles(results)
 
 
