@@ -5,6 +5,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from streaming.metrics import STOP_STAGES  # the server's stages, in the order they happen
 
 
 def pct(values: list[float], p: float) -> float | None:
@@ -67,12 +68,12 @@ def level(run, streams: int, workers: int, closed: dict, token: str) -> dict:
             close.append(1000 * (closed[s["tag"]] - s["cancel_at"]))
         else:
             missing += 1
+    ttfcs = [(s["sent_at"], 1000 * (s["first_chunk_at"] - s["sent_at"])) for s in records if s["first_chunk_at"]]
     out.update(
         cancel_latency_ms=dist(cancel), upstream_close_ms=dist(close), upstream_not_closed=missing,
-        ttfc_ms=dist([1000 * (s["first_chunk_at"] - s["sent_at"]) for s in records if s["first_chunk_at"]]),
+        ttfc_ms=dist([ttfc for _, ttfc in ttfcs]),
         # The sends made once every stream runs (the cancel phase's), apart from the ramp's burst.
-        ttfc_steady_ms=dist([1000 * (s["first_chunk_at"] - s["sent_at"]) for s in records
-                             if s["first_chunk_at"] and s["sent_at"] >= start]),
+        ttfc_steady_ms=dist([ttfc for sent_at, ttfc in ttfcs if sent_at >= start]),
         wire_bytes_ratio=round(result["window_wire"] / result["window_chars"], 2) if result["window_chars"] else None,
         errors=result.get("errors", [])[:5], refused=len(result.get("refused", [])),
         refused_codes=dict(Counter(result.get("refused", []))),
@@ -253,10 +254,6 @@ def profile(raw: Path, streams: int, flamegraph: str) -> dict:
     share = lambda c: [{"entry": k, "share": round(v / total, 3)} for k, v in c.most_common(15)]  # noqa: E731
     return {"streams": streams, "samples": total, "by_area": share(categories), "top_self": share(self_time),
             "top_inclusive": share(inclusive), "flamegraph": flamegraph}
-
-
-# In the order they happen (streaming/metrics.py), each in ms since the stop was requested.
-STOP_STAGES = ("upstream_aborted", "task_cancelled", "row_final", "event_written")
 
 
 def server_timings(probes: list[dict], records: list[dict]) -> dict:

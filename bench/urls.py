@@ -1,7 +1,8 @@
 """The server's URLs plus `GET /bench/probe`, read by the benchmark only: the asyncio task
 count of the server's event loop (the leak check), and the raw samples behind two metrics
-(each recent stop's message id, its monotonic time requested, and its stages in ms since; how late the lag monitor's timer
-fired, in ms) for exact percentiles; `?reset=1` forgets those samples."""
+(each recent stop's message id, the monotonic time it was requested and its stages in ms
+since then; how late the lag monitor's timer fired, in ms) for exact percentiles;
+`?reset=1` forgets those samples."""
 
 import asyncio
 import threading

@@ -150,10 +150,10 @@ def _admit(*, user, session_key: str | None) -> list[int]:
             session_key=session_key, user=current)):
         raise SessionEnded("Your session has ended; please sign in again.")
     now, limit = timezone.now(), settings.STREAM_SENDS_PER_MINUTE
-    counted = selectors.answers_counted(user=user, since=now - RATE_WINDOW if limit else None)
+    since = now - RATE_WINDOW if limit else None
+    counted = selectors.answers_counted(user=user, since=since)
     if limit:
-        _check_rate(times=[row["created_at"] for row in counted if row["created_at"] >= now - RATE_WINDOW],
-                    limit=limit, now=now)
+        _check_rate(times=[row["created_at"] for row in counted if row["created_at"] >= since], limit=limit, now=now)
     active = [row for row in counted if row["status"] in Message.ACTIVE_STATUSES]
     if len(active) >= settings.STREAM_MAX_PER_USER:  # only then: do dead processes' answers count?
         alive = selectors.live_of(workers={row["worker"] for row in active})

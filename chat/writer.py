@@ -10,15 +10,17 @@ after a database error, so the next call reconnects (the database may have resta
 Calls are served by priority, then in order: a stop request or a finalize (STOPS) goes
 ahead of everything queued, so a stop never waits for a burst of other streams' writes;
 a new prompt (PROMPTS) goes ahead of the routine writes (ROUTINE: the batched starts
-and flushes), so a user's first chunk does not wait for them either. And what must follow a write at once (a stop's terminal
-event) can run in the very callback that hands the result back to the loop (`then`),
-one loop turn before the awaiting coroutine resumes.
+and flushes), so a user's first chunk does not wait for them either. And what must
+follow a write at once (a stop's terminal event) can run in the very callback that
+hands the result back to the loop (`then`), one loop turn before the awaiting
+coroutine resumes.
 """
 
 import asyncio
 import itertools
 import queue
 import threading
+
 from django.db import Error, connection, connections
 
 STOPS, PROMPTS, ROUTINE = 0, 1, 2
